@@ -1,0 +1,678 @@
+"""Feature-space smoothing of an image encoder: the noise, the sampling and the certificates.
+
+:class:`SmoothedEncoder` owns the Gaussian noise draw, so a user cannot get it wrong: noise
+is added in pixel units, before any resize or normalisation (which live inside the
+encoder), fresh for every forward pass, from a per-image seeded stream. Sampling packs
+several images and many draws into one forward pass.
+
+Certification protocol (docs/theory.md, Sections 3-5):
+
+1. draw ``n0`` noisy features of ``x`` and take ``v = normalise(mean)``;
+2. draw ``n`` *fresh* noisy features; the values ``<v, f(x + eps_i)>`` are i.i.d. in
+   [-1, 1] with mean ``<v, f_hat(x)> <= ||f_hat(x)|| = S``, and a confidence bound on
+   that mean is ``S_low`` with ``P[S_low > S] <= alpha``;
+3. the same ``n`` samples give ``<f(x), f(x + eps_i)>``, whose mean is ``S_c``.
+
+With ``method="betting"`` step 2 may stop early (``tolerance`` / ``target``): the betting
+bound is a confidence sequence, valid at data-dependent stopping times.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from featsmooth import bounds
+from featsmooth.certificates import ABSTAIN, Certificate, PredictionCertificate
+from featsmooth.encoders.base import as_encoder
+from featsmooth.errors import FeatureError, InputError
+
+# Inputs may exceed [0, 1] by rounding of upstream float conversions, not more.
+_RANGE_SLACK = 1e-4
+# A feature whose norm is below this is treated as zero (direction undefined).
+_MIN_FEATURE_NORM = 1e-12
+
+
+def _seed_for(seed: int, index: int) -> int:
+    """Independent 63-bit seed of image ``index`` in a run seeded with ``seed``."""
+    state = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).generate_state(2)
+    return int((int(state[0]) << 31 ^ int(state[1])) & ((1 << 63) - 1))
+
+
+def _check_count(name: str, value: int, minimum: int = 1) -> int:
+    if not isinstance(value, (int, np.integer)) or value < minimum:
+        raise InputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class SmoothedEncoder:
+    """Gaussian feature-space smoothing ``f_hat(x) = E f(x + eps)``, ``eps ~ N(0, sigma^2 I)``.
+
+    ``f`` is the wrapped encoder's output flattened per image, optionally centred
+    (``center`` subtracted), and scaled to unit l2 norm in float64.
+
+    Args:
+        encoder: an :class:`~featsmooth.encoders.base.ImageEncoder`, any ``nn.Module`` or a
+            callable mapping pixel-unit images ``(B, C, H, W)`` to features ``(B, ...)``.
+        sigma: noise standard deviation in pixel units of the images passed in (> 0).
+        device: where noise is drawn and the encoder runs (default: the encoder's device).
+        input_dtype: dtype of the noisy images fed to the encoder (e.g. ``torch.bfloat16``
+            for a bf16 model); noise is drawn in float32 and rounded to it.
+        center: optional mean feature (flattened shape ``(k,)``) subtracted before
+            normalisation; certificates are then about the centred features.
+        batch_size: noisy images per forward pass (images and draws are packed together).
+        plugin: optional plug-in with ``.wrap(encoder, sigma)`` (purifier -> encoder ->
+            mapper); the wrapped module becomes the base encoder ``f``.
+    """
+
+    def __init__(
+        self,
+        encoder: Callable[[torch.Tensor], torch.Tensor],
+        sigma: float,
+        *,
+        device: str | torch.device | None = None,
+        input_dtype: torch.dtype = torch.float32,
+        center: torch.Tensor | np.ndarray | None = None,
+        batch_size: int = 256,
+        plugin: Any = None,
+    ) -> None:
+        if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
+            raise InputError(f"sigma must be a positive number (pixel units), got {sigma!r}")
+        self.sigma = float(sigma)
+        base = as_encoder(encoder)
+        if plugin is not None:
+            base = plugin.wrap(base, self.sigma)
+        self.encoder = base
+        if device is None:
+            device = getattr(base, "device", None) or torch.device("cpu")
+        self.device = torch.device(device)
+        self.encoder.to(self.device)
+        self.input_dtype = input_dtype
+        self.batch_size = _check_count("batch_size", batch_size)
+        self.center = None
+        if center is not None:
+            center_t = torch.as_tensor(np.asarray(center), dtype=torch.float64)
+            self.center = center_t.flatten().to(self.device)
+        self.feature_shape: tuple[int, ...] | None = None
+
+    # ------------------------------------------------------------------ features
+
+    def _validate_images(self, images: torch.Tensor) -> torch.Tensor:
+        if not isinstance(images, torch.Tensor):
+            images = torch.as_tensor(np.asarray(images))
+        if images.ndim == 3:
+            images = images.unsqueeze(0)
+        if images.ndim != 4:
+            raise InputError(
+                f"images must have shape (B, C, H, W) or (C, H, W), got {tuple(images.shape)}"
+            )
+        if not images.is_floating_point():
+            raise InputError("images must be floating point in [0, 1] pixel units")
+        if images.shape[0] == 0:
+            raise InputError("got an empty batch of images")
+        if not torch.isfinite(images).all():
+            raise InputError("images contain NaN or infinite values")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -_RANGE_SLACK or hi > 1.0 + _RANGE_SLACK:
+            raise InputError(
+                f"images must be in [0, 1] pixel units (got values in [{lo:.3g}, {hi:.3g}]); "
+                "pass them before any mean/std normalisation"
+            )
+        return images.to(self.device, torch.float32)
+
+    def _unit(self, raw: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """Flatten, centre and normalise raw encoder outputs; checks they are usable."""
+        if raw.ndim < 2:
+            raise FeatureError(f"the encoder must return (B, ...) features, got {tuple(raw.shape)}")
+        if self.feature_shape is None:
+            self.feature_shape = tuple(raw.shape[1:])
+        flat = raw.flatten(1).to(dtype)
+        if self.center is not None:
+            if self.center.numel() != flat.shape[1]:
+                raise InputError(
+                    f"center has {self.center.numel()} entries but features have {flat.shape[1]}"
+                )
+            flat = flat - self.center.to(dtype)
+        if not torch.isfinite(flat).all():
+            raise FeatureError("the encoder returned NaN or infinite features")
+        norms = flat.norm(dim=1, keepdim=True)
+        if bool((norms < _MIN_FEATURE_NORM).any()):
+            raise FeatureError(
+                "the encoder returned an all-zero feature; its direction is undefined"
+            )
+        return flat / norms
+
+    def _forward(self, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        return self._unit(self.encoder(batch.to(self.input_dtype)), dtype)
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Unit features ``f(x)`` of clean images, ``(B, k)`` float32, differentiable."""
+        return self._forward(self._validate_images(images), torch.float32)
+
+    def noisy_features(
+        self,
+        images: torch.Tensor,
+        num_draws: int,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Unit features of ``num_draws`` noisy copies per image, ``(B, num_draws, k)``.
+
+        Differentiable with respect to ``images`` (for EoT attacks); fresh noise per call.
+        """
+        num_draws = _check_count("num_draws", num_draws)
+        b = images.shape[0]
+        noise = torch.randn(
+            (b, num_draws, *images.shape[1:]),
+            generator=generator,
+            device=images.device,
+            dtype=torch.float32,
+        )
+        noisy = (images.unsqueeze(1) + self.sigma * noise).flatten(0, 1)
+        return self._forward(noisy, torch.float32).view(b, num_draws, -1)
+
+    # ------------------------------------------------------------------ sampling engine
+
+    def _generators(self, count: int, seed: int | Sequence[int] | None) -> tuple[list, list]:
+        if seed is None:
+            base = int(np.random.SeedSequence().entropy % (1 << 63))
+            seeds = [_seed_for(base, i) for i in range(count)]
+        elif isinstance(seed, (int, np.integer)):
+            seeds = [_seed_for(int(seed), i) for i in range(count)]
+        else:
+            seeds = [int(s) for s in seed]
+            if len(seeds) != count:
+                raise InputError(f"got {len(seeds)} seeds for {count} images")
+        gens = [torch.Generator(device=self.device).manual_seed(s) for s in seeds]
+        return gens, seeds
+
+    @torch.inference_mode()
+    def _sample(
+        self,
+        images: torch.Tensor,
+        counts: Sequence[int],
+        generators: Sequence[torch.Generator],
+        batch_size: int,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(image index, unit float64 features (k_i, dim))`` covering ``counts``.
+
+        Draws of several images are packed into forward passes of ``batch_size``; each
+        image's noise comes from its own generator, so results do not depend on batching.
+        """
+        pending = [(i, c) for i, c in enumerate(counts) if c > 0]
+        shape = images.shape[1:]
+        while pending:
+            pieces: list[tuple[int, int]] = []
+            room = batch_size
+            while pending and room > 0:
+                i, c = pending[0]
+                take = min(c, room)
+                pieces.append((i, take))
+                room -= take
+                if take == c:
+                    pending.pop(0)
+                else:
+                    pending[0] = (i, c - take)
+            noisy = torch.cat(
+                [
+                    images[i].unsqueeze(0)
+                    + self.sigma
+                    * torch.randn((k, *shape), generator=generators[i], device=self.device)
+                    for i, k in pieces
+                ]
+            )
+            feats = self._forward(noisy, torch.float64)
+            start = 0
+            for i, k in pieces:
+                yield i, feats[start : start + k]
+                start += k
+
+    # ------------------------------------------------------------------ prediction
+
+    def predict_feature(
+        self,
+        images: torch.Tensor,
+        n: int = 64,
+        *,
+        seed: int | Sequence[int] | None = None,
+        batch_size: int | None = None,
+    ) -> torch.Tensor:
+        """Monte-Carlo estimate of the smoothed feature ``f_hat(x)``, ``(B, k)`` float32.
+
+        The mean of ``n`` unit noisy features; its norm estimates ``S`` (biased upwards by
+        about ``(1 - S^2) / (2 n S)``). Reshape with :meth:`unflatten` for token features.
+        """
+        images = self._validate_images(images)
+        n = _check_count("n", n)
+        gens, _ = self._generators(images.shape[0], seed)
+        sums: dict[int, torch.Tensor] = {}
+        for i, feats in self._sample(
+            images, [n] * images.shape[0], gens, batch_size or self.batch_size
+        ):
+            sums[i] = sums.get(i, 0) + feats.sum(0)
+        return torch.stack([sums[i] / n for i in range(images.shape[0])]).float()
+
+    def unflatten(self, features: torch.Tensor) -> torch.Tensor:
+        """Reshape flat ``(B, k)`` features to the encoder's ``(B, *feature_shape)``."""
+        if self.feature_shape is None:
+            raise InputError("run the encoder once before unflattening")
+        return features.view(features.shape[0], *self.feature_shape)
+
+    # ------------------------------------------------------------------ certification
+
+    def _validate_run(self, n0: int, n: int, alpha: float, method: str) -> None:
+        _check_count("n0", n0)
+        _check_count("n", n, 2 if method == "bernstein" else 1)
+        if not 0.0 < alpha < 1.0:
+            raise InputError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+        if method not in bounds.METHODS:
+            raise InputError(
+                f"unknown method {method!r}; choose one of {', '.join(bounds.METHODS)}"
+            )
+
+    def certify(
+        self,
+        images: torch.Tensor,
+        n0: int = 64,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        *,
+        method: str = bounds.DEFAULT_METHOD,
+        batch_size: int | None = None,
+        seed: int | Sequence[int] | None = 0,
+        tolerance: float | None = None,
+        target: tuple[float, float] | None = None,
+        progress: bool = False,
+    ) -> list[Certificate]:
+        """Certify the feature cosine of each image (see the module docstring).
+
+        Args:
+            images: ``(B, C, H, W)`` in [0, 1] pixel units.
+            n0: samples that choose the direction ``v``.
+            n: fresh samples for the bound (the maximum, in sequential mode).
+            alpha: each returned lower bound fails with probability at most ``alpha``.
+            method: ``betting`` (default), ``bernstein`` or ``hoeffding``.
+            batch_size: noisy images per forward pass (default: the encoder's).
+            seed: run seed (image ``i`` gets an independent stream derived from it) or one
+                seed per image; ``None`` draws fresh entropy. Recorded in each result.
+            tolerance: sequential mode: stop an image once ``estimate - S_low <= tolerance``
+                (mean of the projections minus the bound).
+            target: sequential mode: ``(cosine, radius)``; stop once the smoothed-reference
+                certificate reaches ``cosine`` at ``radius``, or once an upper confidence
+                bound shows it no longer can.
+            progress: show a progress bar.
+
+        Returns:
+            One :class:`Certificate` per image. Guarantee: for each image, with probability
+            at least ``1 - alpha`` over this call's noise, ``score_lower <= <v, f_hat(x)>
+            <= ||f_hat(x)||``; and, separately, ``clean_score_lower <= <f(x), f_hat(x)>``.
+            Both hold under sequential stopping because the betting bound is anytime valid.
+        """
+        self._validate_run(n0, n, alpha, method)
+        sequential = tolerance is not None or target is not None
+        if sequential and method != "betting":
+            raise InputError(
+                "sequential stopping needs an anytime-valid bound: use method='betting'"
+            )
+        if tolerance is not None and not tolerance > 0:
+            raise InputError("tolerance must be positive")
+        needed = None
+        if target is not None:
+            cosine, radius = target
+            needed = float(bounds.required_score(cosine, radius, self.sigma))
+        images = self._validate_images(images)
+        batch_size = batch_size or self.batch_size
+        b = images.shape[0]
+        gens, seeds = self._generators(b, seed)
+        bar = _progress(progress, total=b * (n0 + n), description="certify")
+
+        with torch.inference_mode():
+            clean = self._forward(images, torch.float64)  # (B, k)
+        direction_sums = torch.zeros_like(clean)
+        for i, feats in self._sample(images, [n0] * b, gens, batch_size):
+            direction_sums[i] += feats.sum(0)
+            bar.advance(len(feats))
+        directions = direction_sums / direction_sums.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+        proj = np.zeros((b, n))  # <v, f(x + eps_i)>
+        proj_clean = np.zeros((b, n))  # <f(x), f(x + eps_i)>
+        counts = np.zeros(b, dtype=np.int64)
+        totals = direction_sums.clone()  # sum of all unit features, for S and context
+        active = np.ones(b, dtype=bool)
+        stop_reason = ["max_samples"] * b
+        # In sequential mode, sample in rounds and test the stopping rules between rounds.
+        # Rounds grow by a quarter of the samples so far: the stopping tests cost O(n log n)
+        # and stop at most ~25% later than a test after every sample would.
+        chunk = max(32, batch_size // b) if sequential else n
+        while active.any():
+            wants = [
+                min(max(chunk, int(counts[i]) // 4), n - int(counts[i])) if active[i] else 0
+                for i in range(b)
+            ]
+            for i, feats in self._sample(images, wants, gens, batch_size):
+                k = len(feats)
+                c = int(counts[i])
+                proj[i, c : c + k] = (feats @ directions[i]).cpu().numpy()
+                proj_clean[i, c : c + k] = (feats @ clean[i]).cpu().numpy()
+                totals[i] += feats.sum(0)
+                counts[i] += k
+                bar.advance(k)
+            done = counts >= n
+            if sequential:
+                done |= self._should_stop(
+                    proj, counts, active, alpha, n, tolerance, needed, stop_reason
+                )
+            if (done & active).any():
+                bar.advance_total_skip(
+                    int(sum(n - counts[i] for i in np.flatnonzero(done & active)))
+                )
+            active &= ~done
+        bar.close()
+
+        results = []
+        for i in range(b):
+            c = int(counts[i])
+            # Sequential runs stop at a data-dependent time: only the anytime schedule
+            # (not one tuned to that time) keeps the bound valid there.
+            low, clean_low = self._lower_bounds(
+                proj[i, :c], proj_clean[i, :c], alpha, method, None if sequential else n
+            )
+            total = n0 + c
+            s2 = (
+                (float(totals[i].square().sum()) - total) / (total * (total - 1))
+                if total > 1
+                else 1.0
+            )
+            mean_feature = totals[i] / total
+            results.append(
+                Certificate(
+                    sigma=self.sigma,
+                    alpha=alpha,
+                    method=method,
+                    n0=n0,
+                    n_used=c,
+                    score_estimate=math.sqrt(min(max(s2, 0.0), 1.0)),
+                    score_lower=low,
+                    clean_score_estimate=float(proj_clean[i, :c].mean()),
+                    clean_score_lower=clean_low,
+                    clean_smoothed_cosine=float(
+                        (mean_feature @ clean[i]) / mean_feature.norm().clamp_min(1e-300)
+                    ),
+                    stop_reason=stop_reason[i],
+                    seed=seeds[i],
+                    direction=directions[i].cpu().numpy(),
+                )
+            )
+        return results
+
+    @staticmethod
+    def _lower_bounds(
+        values: np.ndarray,
+        clean_values: np.ndarray,
+        alpha: float,
+        method: str,
+        horizon: int | None,
+    ) -> tuple[float, float]:
+        """Bounds for both references; ``horizon=None`` selects the anytime bet schedule."""
+        if method == "betting":
+            both = bounds.betting_lower_bounds(
+                np.stack([values, clean_values]), alpha, horizon, anytime=horizon is None
+            )
+            return float(both[0]), float(both[1])
+        return (
+            bounds.mean_lower_bound(values, alpha, method),
+            bounds.mean_lower_bound(clean_values, alpha, method),
+        )
+
+    @staticmethod
+    def _should_stop(
+        proj: np.ndarray,
+        counts: np.ndarray,
+        active: np.ndarray,
+        alpha: float,
+        horizon: int,
+        tolerance: float | None,
+        needed: float | None,
+        stop_reason: list[str],
+    ) -> np.ndarray:
+        """Sequential stopping rules, evaluated on the betting confidence sequence."""
+        stop = np.zeros(len(counts), dtype=bool)
+        rows = np.flatnonzero(active & (counts < horizon))
+        if rows.size == 0:
+            return stop
+        width = int(counts[rows].max())
+        values = proj[rows, :width]
+        lower = bounds.betting_lower_bounds(values, alpha, counts=counts[rows], anytime=True)
+        means = np.array([proj[r, : counts[r]].mean() for r in rows])
+        for j, r in enumerate(rows):
+            if tolerance is not None and means[j] - lower[j] <= tolerance:
+                stop[r], stop_reason[r] = True, "tolerance"
+            elif needed is not None and lower[j] >= needed:
+                stop[r], stop_reason[r] = True, "target_reached"
+        if needed is not None:
+            upper = -bounds.betting_lower_bounds(-values, alpha, counts=counts[rows], anytime=True)
+            for j, r in enumerate(rows):
+                if not stop[r] and upper[j] < needed:
+                    stop[r], stop_reason[r] = True, "target_unreachable"
+        return stop
+
+    # ------------------------------------------------------------------ predictions
+
+    def certify_prediction(
+        self,
+        images: torch.Tensor,
+        class_embeddings: torch.Tensor | np.ndarray,
+        n0: int = 64,
+        n: int = 10_000,
+        alpha: float = 0.001,
+        *,
+        method: str = bounds.DEFAULT_METHOD,
+        batch_size: int | None = None,
+        seed: int | Sequence[int] | None = 0,
+        progress: bool = False,
+    ) -> list[PredictionCertificate]:
+        """Certified zero-shot predictions with unit class embeddings ``(K, k)``, K >= 2.
+
+        The smoothed prediction ``A = argmax_c <t_c, f_hat(x)>`` is chosen from the ``n0``
+        samples; ``n`` fresh samples then give, each at level ``1 - alpha``:
+
+        * margin: for every rival ``B``, a lower bound at ``alpha/(K-1)`` on
+          ``p_B = E (1 + <w_B, f(x+eps)>)/2``, ``w_B = (t_A - t_B)/||t_A - t_B||``;
+          radius ``sigma * min_B Phi^-1(p_B,low)`` (abstain if any ``p_B,low <= 1/2``);
+        * fcsb: the FCSB of the direction ``v`` reaching the cosine ``max_B sin(angle(v,
+          t_A - t_B))`` that keeps every feature of the certified cone in class ``A``;
+        * cohen: Clopper-Pearson bound on the vote share of the top class of the ``n0``
+          votes; radius ``sigma * Phi^-1(p_low)`` (abstain if ``p_low <= 1/2``).
+        """
+        self._validate_run(n0, n, alpha, method)
+        images = self._validate_images(images)
+        batch_size = batch_size or self.batch_size
+        emb = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float64).to(self.device)
+        if emb.ndim != 2 or emb.shape[0] < 2:
+            raise InputError("class_embeddings must have shape (K, k) with K >= 2 classes")
+        if not torch.isfinite(emb).all():
+            raise InputError("class_embeddings contain NaN or infinite values")
+        emb_norms = emb.norm(dim=1)
+        if bool((emb_norms < _MIN_FEATURE_NORM).any()):
+            raise InputError("a class embedding is all zeros")
+        if bool(((emb_norms - 1).abs() > 1e-3).any()):
+            warnings.warn("class embeddings were not unit-norm; normalising them", stacklevel=2)
+        emb = emb / emb_norms[:, None]
+        b, num_classes = images.shape[0], emb.shape[0]
+        gens, seeds = self._generators(b, seed)
+        bar = _progress(progress, total=b * (n0 + n), description="certify prediction")
+
+        with torch.inference_mode():
+            clean = self._forward(images, torch.float64)
+        if clean.shape[1] != emb.shape[1]:
+            raise InputError(
+                f"class embeddings have dimension {emb.shape[1]} but features have {clean.shape[1]}"
+            )
+        clean_pred = (clean @ emb.T).argmax(1).cpu().numpy()
+        sums = torch.zeros_like(clean)
+        votes0 = torch.zeros((b, num_classes), dtype=torch.int64, device=self.device)
+        for i, feats in self._sample(images, [n0] * b, gens, batch_size):
+            sums[i] += feats.sum(0)
+            votes0[i] += torch.bincount((feats @ emb.T).argmax(1), minlength=num_classes)
+            bar.advance(len(feats))
+        directions = sums / sums.norm(dim=1, keepdim=True).clamp_min(1e-300)
+        top = (directions @ emb.T).argmax(1)  # smoothed prediction A per image
+        top_cohen = votes0.argmax(1)
+
+        # margins[i]: (n, K) values <w_B, f> with the A column unused; proj[i]: <v, f>
+        margins = [np.zeros((n, num_classes)) for _ in range(b)]
+        proj = np.zeros((b, n))
+        votes = np.zeros(b, dtype=np.int64)
+        filled = np.zeros(b, dtype=np.int64)
+        diff_norm = [(emb[top[i]] - emb).norm(dim=1).clamp_min(1e-300) for i in range(b)]
+        for i, feats in self._sample(images, [n] * b, gens, batch_size):
+            k, c = len(feats), int(filled[i])
+            scores = feats @ emb.T  # (k, K)
+            w_vals = (scores[:, top[i]].unsqueeze(1) - scores) / diff_norm[i]
+            margins[i][c : c + k] = w_vals.clamp(-1.0, 1.0).cpu().numpy()
+            proj[i, c : c + k] = (feats @ directions[i]).cpu().numpy()
+            votes[i] += int((scores.argmax(1) == top_cohen[i]).sum())
+            filled[i] += k
+            bar.advance(k)
+        bar.close()
+
+        results = []
+        rival_alpha = bounds.split_alpha(alpha, num_classes - 1)
+        for i in range(b):
+            a = int(top[i])
+            rivals = np.array([c for c in range(num_classes) if c != a])
+            p_low = _min_rival_probability(margins[i][:, rivals], rival_alpha, method, n)
+            margin_radius = float(bounds.probability_radius(p_low, self.sigma))
+            score_low = (
+                float(bounds.betting_lower_bounds(proj[i][None], alpha, n)[0])
+                if method == "betting"
+                else bounds.mean_lower_bound(proj[i], alpha, method)
+            )
+            needed_cos = _cone_cosine(directions[i], emb, a)
+            fcsb_radius = (
+                float(bounds.certified_radius(score_low, needed_cos, self.sigma))
+                if needed_cos is not None
+                else math.nan
+            )
+            p_cohen = float(bounds.clopper_pearson_lower(votes[i], n, alpha))
+            cohen_radius = float(bounds.probability_radius(p_cohen, self.sigma))
+            results.append(
+                PredictionCertificate(
+                    sigma=self.sigma,
+                    alpha=alpha,
+                    method=method,
+                    n0=n0,
+                    n_used=n,
+                    estimate=a,
+                    prediction=a if not math.isnan(margin_radius) else ABSTAIN,
+                    margin_radius=margin_radius,
+                    fcsb_prediction=a if not math.isnan(fcsb_radius) else ABSTAIN,
+                    fcsb_radius=fcsb_radius,
+                    cohen_prediction=int(top_cohen[i]) if not math.isnan(cohen_radius) else ABSTAIN,
+                    cohen_radius=cohen_radius,
+                    clean_prediction=int(clean_pred[i]),
+                    score_lower=score_low,
+                    seed=seeds[i],
+                )
+            )
+        return results
+
+
+def _min_rival_probability(values: np.ndarray, alpha: float, method: str, horizon: int) -> float:
+    """Smallest lower bound on ``p_B = E(1 + Z_B)/2`` over rivals (columns of ``values``).
+
+    Each column's bound holds at level ``1 - alpha`` (the caller splits alpha). For the
+    betting bound, columns whose bound provably exceeds the running minimum are skipped:
+    one wealth test at that minimum replaces the full bisection, with identical result.
+    """
+    if method != "betting":
+        lows = [
+            bounds.mean_lower_bound(values[:, j], alpha, method) for j in range(values.shape[1])
+        ]
+        return (1.0 + min(lows)) / 2.0
+    cols = values.T  # (rivals, n)
+    order = np.argsort(cols.mean(axis=1))
+    best = float(bounds.betting_lower_bounds(cols[order[:1]], alpha, horizon)[0])
+    rest = cols[order[1:]]
+    if rest.shape[0]:
+        beats = bounds.betting_rejects(rest, alpha, horizon, best)
+        hard = rest[~beats]
+        if hard.shape[0]:
+            best = min(best, float(bounds.betting_lower_bounds(hard, alpha, horizon).min()))
+    return (1.0 + best) / 2.0
+
+
+def _cone_cosine(direction: torch.Tensor, emb: torch.Tensor, a: int) -> float | None:
+    """Cosine with ``direction`` that keeps every feature of the cone in class ``a``.
+
+    A vector ``y`` with ``||y|| <= 1`` and ``<v, y> >= b`` has ``<t_a - t_c, y> > 0`` for
+    every rival ``c`` iff ``b > sin(angle(v, t_a - t_c))`` for all ``c`` (docs/theory.md,
+    Proposition 6). Returns that maximal sine, or None if ``v`` is not strictly in class a.
+    """
+    diffs = emb[a].unsqueeze(0) - emb
+    keep = torch.ones(emb.shape[0], dtype=torch.bool, device=emb.device)
+    keep[a] = False
+    diffs = diffs[keep]
+    cos = (diffs @ direction) / diffs.norm(dim=1).clamp_min(1e-300)
+    if bool((cos <= 0).any()):
+        return None
+    sines = torch.sqrt((1.0 - cos.clamp(max=1.0) ** 2).clamp_min(0.0))
+    return float(sines.max())
+
+
+class _NullBar:
+    def advance(self, k: int) -> None:
+        pass
+
+    def advance_total_skip(self, k: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class _RichBar(_NullBar):
+    def __init__(self, total: int, description: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            "[progress.description]{task.description}",
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            transient=False,
+        )
+        self._task = self._progress.add_task(f"{description} (samples)", total=total, rate="")
+        self._progress.start()
+
+    def advance(self, k: int) -> None:
+        self._progress.advance(self._task, k)
+        speed = self._progress.tasks[0].speed
+        if speed:
+            self._progress.update(self._task, rate=f"{speed:,.0f} samples/s")
+
+    def advance_total_skip(self, k: int) -> None:
+        # samples that early stopping made unnecessary: shrink the total
+        task = self._progress.tasks[0]
+        self._progress.update(self._task, total=max(task.completed, (task.total or 0) - k))
+
+    def close(self) -> None:
+        self._progress.stop()
+
+
+def _progress(enabled: bool, total: int, description: str) -> _NullBar:
+    return _RichBar(total, description) if enabled else _NullBar()
