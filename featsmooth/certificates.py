@@ -57,6 +57,10 @@ class Certificate:
         stop_reason: ``max_samples``, ``tolerance``, ``target_reached`` or
             ``target_unreachable`` (sequential mode).
         seed: the seed of this image's noise stream.
+        samples: with ``keep_samples=True``, the per-sample values ``<v, f(x + eps_i)>``
+            (smoothed reference) and ``<f(x), f(x + eps_i)>`` (clean), shape ``(2, n_used)``,
+            so certificates can be recomputed at another alpha or method without the
+            encoder (``bounds.mean_lower_bound(samples[0], alpha, method)``).
     """
 
     sigma: float
@@ -72,6 +76,7 @@ class Certificate:
     stop_reason: str = "max_samples"
     seed: int | None = None
     direction: np.ndarray | None = field(default=None, repr=False, compare=False)
+    samples: np.ndarray | None = field(default=None, repr=False, compare=False)
 
     def lower(self, reference: str = "smoothed") -> float:
         """The certified score for ``reference``: ``S_low`` or the clean ``S_c`` bound."""
@@ -90,9 +95,8 @@ class Certificate:
         return float(bounds.certified_radius(self.lower(reference), cosine, self.sigma))
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready fields (NaN becomes None; the direction vector is left out)."""
-        data = asdict(self)
-        data.pop("direction")
+        """JSON-ready fields (NaN becomes None; direction and samples are left out)."""
+        data = {k: v for k, v in asdict(self).items() if k not in ("direction", "samples")}
         return {k: _nan_to_none(v) for k, v in data.items()}
 
 
@@ -111,7 +115,8 @@ class PredictionCertificate:
       ``h(x) = argmax_c P[argmax_k <t_k, f(x + eps)> = c]``; a different smoothed classifier.
 
     A NaN radius means abstain (the matching prediction is then ``ABSTAIN``). Each of the
-    three statements holds with probability at least ``1 - alpha``.
+    three statements holds with probability at least ``1 - alpha``. ``features`` is the
+    feature certificate (:class:`Certificate`) computed from the same samples.
     """
 
     sigma: float
@@ -129,6 +134,7 @@ class PredictionCertificate:
     clean_prediction: int
     score_lower: float
     seed: int | None = None
+    features: Certificate | None = field(default=None, repr=False, compare=False)
 
     def radius(self, method: str = "margin") -> float:
         """Certified radius of ``method`` (``margin``, ``fcsb`` or ``cohen``); NaN: abstain."""
@@ -150,4 +156,6 @@ class PredictionCertificate:
         return label is None or self.predicted(method) == label
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: _nan_to_none(v) for k, v in asdict(self).items()}
+        """JSON-ready fields (NaN becomes None; the feature certificate is left out)."""
+        data = {k: v for k, v in asdict(self).items() if k != "features"}
+        return {k: _nan_to_none(v) for k, v in data.items()}

@@ -288,6 +288,7 @@ class SmoothedEncoder:
         tolerance: float | None = None,
         target: tuple[float, float] | None = None,
         progress: bool = False,
+        keep_samples: bool = False,
     ) -> list[Certificate]:
         """Certify the feature cosine of each image (see the module docstring).
 
@@ -306,6 +307,7 @@ class SmoothedEncoder:
                 certificate reaches ``cosine`` at ``radius``, or once an upper confidence
                 bound shows it no longer can.
             progress: show a progress bar.
+            keep_samples: attach the per-sample projections to each result (``samples``).
 
         Returns:
             One :class:`Certificate` per image. Guarantee: for each image, with probability
@@ -374,41 +376,66 @@ class SmoothedEncoder:
             active &= ~done
         bar.close()
 
-        results = []
-        for i in range(b):
-            c = int(counts[i])
-            # Sequential runs stop at a data-dependent time: only the anytime schedule
-            # (not one tuned to that time) keeps the bound valid there.
-            low, clean_low = self._lower_bounds(
-                proj[i, :c], proj_clean[i, :c], alpha, method, None if sequential else n
+        return [
+            self._certificate(
+                proj[i, : counts[i]],
+                proj_clean[i, : counts[i]],
+                totals[i],
+                clean[i],
+                directions[i],
+                alpha=alpha,
+                method=method,
+                n0=n0,
+                # Sequential runs stop at a data-dependent time: only the anytime schedule
+                # (not one tuned to that time) keeps the bound valid there.
+                horizon=None if sequential else n,
+                stop_reason=stop_reason[i],
+                seed=seeds[i],
+                keep_samples=keep_samples,
             )
-            total = n0 + c
-            s2 = (
-                (float(totals[i].square().sum()) - total) / (total * (total - 1))
-                if total > 1
-                else 1.0
-            )
-            mean_feature = totals[i] / total
-            results.append(
-                Certificate(
-                    sigma=self.sigma,
-                    alpha=alpha,
-                    method=method,
-                    n0=n0,
-                    n_used=c,
-                    score_estimate=math.sqrt(min(max(s2, 0.0), 1.0)),
-                    score_lower=low,
-                    clean_score_estimate=float(proj_clean[i, :c].mean()),
-                    clean_score_lower=clean_low,
-                    clean_smoothed_cosine=float(
-                        (mean_feature @ clean[i]) / mean_feature.norm().clamp_min(1e-300)
-                    ),
-                    stop_reason=stop_reason[i],
-                    seed=seeds[i],
-                    direction=directions[i].cpu().numpy(),
-                )
-            )
-        return results
+            for i in range(b)
+        ]
+
+    def _certificate(
+        self,
+        proj: np.ndarray,
+        proj_clean: np.ndarray,
+        total_feature: torch.Tensor,
+        clean: torch.Tensor,
+        direction: torch.Tensor,
+        *,
+        alpha: float,
+        method: str,
+        n0: int,
+        horizon: int | None,
+        stop_reason: str,
+        seed: int,
+        keep_samples: bool,
+    ) -> Certificate:
+        """Build one image's certificate from its projections and the sum of its features."""
+        c = len(proj)
+        low, clean_low = self._lower_bounds(proj, proj_clean, alpha, method, horizon)
+        total = n0 + c
+        s2 = (float(total_feature.square().sum()) - total) / (total * (total - 1))
+        mean_feature = total_feature / total
+        return Certificate(
+            sigma=self.sigma,
+            alpha=alpha,
+            method=method,
+            n0=n0,
+            n_used=c,
+            score_estimate=math.sqrt(min(max(s2, 0.0), 1.0)),
+            score_lower=low,
+            clean_score_estimate=float(proj_clean.mean()),
+            clean_score_lower=clean_low,
+            clean_smoothed_cosine=float(
+                (mean_feature @ clean) / mean_feature.norm().clamp_min(1e-300)
+            ),
+            stop_reason=stop_reason,
+            seed=seed,
+            direction=direction.cpu().numpy(),
+            samples=np.stack([proj, proj_clean]) if keep_samples else None,
+        )
 
     @staticmethod
     def _lower_bounds(
@@ -488,6 +515,9 @@ class SmoothedEncoder:
           t_A - t_B))`` that keeps every feature of the certified cone in class ``A``;
         * cohen: Clopper-Pearson bound on the vote share of the top class of the ``n0``
           votes; radius ``sigma * Phi^-1(p_low)`` (abstain if ``p_low <= 1/2``).
+
+        The same samples also give each image's feature :class:`Certificate` (``.features``),
+        exactly as :meth:`certify` would with the same seed, so one pass serves both.
         """
         self._validate_run(n0, n, alpha, method)
         images = self._validate_images(images)
@@ -527,6 +557,8 @@ class SmoothedEncoder:
         # margins[i]: (n, K) values <w_B, f> with the A column unused; proj[i]: <v, f>
         margins = [np.zeros((n, num_classes)) for _ in range(b)]
         proj = np.zeros((b, n))
+        proj_clean = np.zeros((b, n))
+        totals = sums.clone()
         votes = np.zeros(b, dtype=np.int64)
         filled = np.zeros(b, dtype=np.int64)
         diff_norm = [(emb[top[i]] - emb).norm(dim=1).clamp_min(1e-300) for i in range(b)]
@@ -536,6 +568,8 @@ class SmoothedEncoder:
             w_vals = (scores[:, top[i]].unsqueeze(1) - scores) / diff_norm[i]
             margins[i][c : c + k] = w_vals.clamp(-1.0, 1.0).cpu().numpy()
             proj[i, c : c + k] = (feats @ directions[i]).cpu().numpy()
+            proj_clean[i, c : c + k] = (feats @ clean[i]).cpu().numpy()
+            totals[i] += feats.sum(0)
             votes[i] += int((scores.argmax(1) == top_cohen[i]).sum())
             filled[i] += k
             bar.advance(k)
@@ -548,11 +582,21 @@ class SmoothedEncoder:
             rivals = np.array([c for c in range(num_classes) if c != a])
             p_low = _min_rival_probability(margins[i][:, rivals], rival_alpha, method, n)
             margin_radius = float(bounds.probability_radius(p_low, self.sigma))
-            score_low = (
-                float(bounds.betting_lower_bounds(proj[i][None], alpha, n)[0])
-                if method == "betting"
-                else bounds.mean_lower_bound(proj[i], alpha, method)
+            feature_cert = self._certificate(
+                proj[i],
+                proj_clean[i],
+                totals[i],
+                clean[i],
+                directions[i],
+                alpha=alpha,
+                method=method,
+                n0=n0,
+                horizon=n,
+                stop_reason="max_samples",
+                seed=seeds[i],
+                keep_samples=False,
             )
+            score_low = feature_cert.score_lower
             needed_cos = _cone_cosine(directions[i], emb, a)
             fcsb_radius = (
                 float(bounds.certified_radius(score_low, needed_cos, self.sigma))
@@ -578,6 +622,7 @@ class SmoothedEncoder:
                     clean_prediction=int(clean_pred[i]),
                     score_lower=score_low,
                     seed=seeds[i],
+                    features=feature_cert,
                 )
             )
         return results

@@ -275,3 +275,14 @@ def test_token_features_are_flattened_and_unflattened():
     smoothed = SmoothedEncoder(tokens, SIGMA)
     feats = smoothed.predict_feature(torch.rand(2, 3, 4, 4), n=16)
     assert feats.shape == (2, 6) and smoothed.unflatten(feats).shape == (2, 3, 2)
+
+
+def test_prediction_pass_also_certifies_features(trig90, images):
+    smoothed = SmoothedEncoder(trig90, SIGMA)
+    classes = torch.eye(2, dtype=torch.float64)
+    preds = smoothed.certify_prediction(images, classes, n0=16, n=300, seed=12)
+    certs = smoothed.certify(images, n0=16, n=300, seed=12)
+    for pred, cert in zip(preds, certs):
+        assert pred.features.score_lower == cert.score_lower
+        assert pred.features.clean_score_lower == cert.clean_score_lower
+        assert pred.score_lower == cert.score_lower

@@ -1,0 +1,844 @@
+"""Run records: JSON Lines results that survive a killed run and resume where it stopped.
+
+A *run folder* holds
+
+* ``settings.json`` — the effective settings of the run (command, model, sigma, n0, n,
+  alpha, method, radii, seed, data, ...) plus ``"environment"`` (:func:`featsmooth.versions.
+  environment_info`) and ``"created"``; written atomically (temporary file, fsync,
+  ``os.replace``), so it is either the old or the new version, never half of one.
+* ``records.jsonl`` — one JSON object per line, one line per input (image), appended,
+  flushed and fsync'ed as soon as it is produced: a killed run loses at most the record in
+  flight. :func:`read_records` drops a truncated *last* line with a :class:`RecordWarning`
+  and :class:`RunWriter` cuts it off before it appends again; a bad line anywhere else is
+  corruption and raises :class:`~featsmooth.errors.RecordError` naming the line number.
+* ``samples/<key>.npy`` (optional) — the raw per-sample projections ``<v, f(x + eps_i)>``
+  of the certification draws of one input, so certificates can be recomputed offline at
+  another ``alpha`` or bound method (:func:`recompute_certificates`). Other named sample
+  arrays go to ``samples/<name>/<key>.npy`` (``"clean"``: projections ``<f(x), f(x+eps_i)>``
+  on the clean feature). ``<key>`` is the record key, percent-encoded to a safe file name.
+
+Resuming. ``RunWriter(run_dir, settings)`` on an existing folder compares ``settings`` with
+the saved ones on every key except the volatile ones (:data:`VOLATILE_KEYS`: environment,
+timing, progress flags, device, batch size, output folder, ...). Any other difference
+raises ``RecordError`` naming the keys, because mixing records of different settings in one
+run would make its summary meaningless. :meth:`RunWriter.done_keys` lists the keys already
+written; callers skip those inputs.
+
+JSON values. Records are converted by :func:`to_jsonable`: numpy scalars and arrays and
+torch tensors become numbers and (nested) lists, tuples and sets become lists, dataclasses
+and objects with ``to_dict()`` become dicts, ``torch.device``/``torch.dtype`` become
+strings. **NaN is stored as ``null``** (featsmooth uses NaN for "no certificate" /
+"abstain", so ``null`` means the same); ``+inf`` / ``-inf`` are stored as the strings
+``"inf"`` / ``"-inf"`` (strict JSON has no infinities; a certified radius is infinite when
+S = 1). :func:`as_float` maps all of these back to floats. Integers beyond 2**53 (e.g.
+derived seeds) are exact in Python but not in JavaScript readers.
+
+Record schema (one JSON object per input; every field except ``key`` may be missing, and
+readers such as :mod:`featsmooth.report` must cope with that)::
+
+    key                      str|int  unique id of the input in this run (resume unit)
+    image                    str      image name or path as given by the user
+    model                    str      encoder name
+    sigma                    float    noise level, pixel units of [0, 1] images
+    n0                       int      samples used to choose the direction v
+    n_used                   int      certification samples actually drawn (<= n)
+    alpha                    float    failure probability of the certificate
+    method                   str      confidence bound: "betting" | "bernstein" | "hoeffding"
+    stop_reason              str      why sampling stopped (sequential certification)
+    score_estimate           float    Monte-Carlo estimate of S = ||f_hat(x)||
+    score_lower              float    lower confidence bound S_low (level 1 - alpha)
+    clean_score_lower        float    lower bound on S_c = E cos(f(x + eps), f(x))
+    clean_smoothed_cosine    float    cos(f(x), f_hat(x)) estimate
+    radii                    [float]  l2 radii (pixel units) of the per-radius fields below
+    fcsb                     [float|null]  certified cosine cos(f_hat(x), f_hat(x+delta))
+                                      at each radius; null = no certificate
+    fcsb_clean               [float|null]  certified cos(f(x), f_hat(x+delta)) per radius
+    certified_radius_cos50   float|null    radius keeping the certified cosine >= 0.5
+    label                    int      true class (zero-shot classification)
+    prediction               int      smoothed prediction, -1 = abstain
+    clean_prediction         int      prediction of the base encoder on the clean input
+    fcsb_prediction, cohen_prediction  int   predictions of the other two certificates
+    margin_radius, fcsb_radius, cohen_radius  float|null  certified l2 radius of the
+                                      prediction by the pairwise-margin, FCSB-cone and
+                                      Cohen hard-vote certificates; null = abstain
+    seconds                  float    wall-clock time spent on this input
+    # attack records
+    setting                  str      "vanilla" | "fs" | "fs+plugin" | ...
+    attack                   str      attack name ("pgd", "apgd", "mf-ii", ...)
+    eps                      float    budget in pixel units of [0, 1] images
+    norm                     str      "l2" | "linf"
+    success                  bool     attack succeeded (judged over fresh noise draws)
+    adv_cosine               float    cosine between clean and adversarial features
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as _dt
+import enum
+import json
+import math
+import os
+import tempfile
+import urllib.parse
+import warnings
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from featsmooth.errors import InputError, RecordError
+
+try:  # POSIX advisory locks: released by the kernel when the process dies
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no lock, documented
+    fcntl = None  # type: ignore[assignment]
+
+SETTINGS_FILE = "settings.json"
+RECORDS_FILE = "records.jsonl"
+SAMPLES_DIR = "samples"
+DEFAULT_SAMPLES = "projections"
+
+#: Settings keys that do not change the results of a run and may differ on resume.
+VOLATILE_KEYS: frozenset[str] = frozenset(
+    {
+        "environment",
+        "created",
+        "resumed",
+        "timing",
+        "seconds",
+        "elapsed",
+        "progress",
+        "verbose",
+        "quiet",
+        "log_level",
+        "resume",
+        "overwrite",
+        "out",
+        "out_dir",
+        "output",
+        "run_dir",
+        "device",
+        "batch_size",
+        "workers",
+        "num_workers",
+        "recomputed_from",
+    }
+)
+
+#: Record fields that depend on alpha/method and are dropped when only the smoothed-reference
+#: certificate can be recomputed (see :func:`recompute_certificates`).
+_ALPHA_DEPENDENT = (
+    "clean_score_lower",
+    "fcsb_clean",
+    "prediction",
+    "fcsb_prediction",
+    "cohen_prediction",
+    "margin_radius",
+    "fcsb_radius",
+    "cohen_radius",
+)
+
+#: ``stop_reason`` values of :meth:`featsmooth.SmoothedEncoder.certify` that mean the sample
+#: size was chosen by looking at the data (sequential mode).
+_SEQUENTIAL_STOPS = frozenset({"tolerance", "target_reached", "target_unreachable"})
+
+
+class RecordWarning(UserWarning):
+    """Something in a run folder needed repair or care (e.g. a truncated last line)."""
+
+
+# --------------------------------------------------------------------------------------
+# JSON conversion
+
+
+def _float_to_json(value: float) -> float | str | None:
+    if math.isnan(value):
+        return None
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    return value
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Convert ``obj`` into plain JSON types (see the module docstring for the rules).
+
+    Raises:
+        InputError: for a value that has no JSON form (e.g. an arbitrary object).
+    """
+    if obj is None or isinstance(obj, (bool, str)):
+        return obj
+    if isinstance(obj, int):
+        return int(obj)
+    if isinstance(obj, float):
+        return _float_to_json(float(obj))
+    if isinstance(obj, np.generic):
+        return to_jsonable(obj.item())
+    if isinstance(obj, np.ndarray):
+        return to_jsonable(obj.tolist())
+    if hasattr(obj, "detach") and hasattr(obj, "tolist"):  # torch.Tensor without importing torch
+        return to_jsonable(obj.detach().cpu().tolist())
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        items = [to_jsonable(v) for v in obj]
+        with contextlib.suppress(TypeError):
+            items.sort()
+        return items
+    if isinstance(obj, enum.Enum):
+        return to_jsonable(obj.value)
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "to_dict") and callable(obj.to_dict):
+        return to_jsonable(obj.to_dict())
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return to_jsonable(dataclasses.asdict(obj))
+    if type(obj).__module__.split(".")[0] == "torch":  # torch.device, torch.dtype
+        return str(obj)
+    raise InputError(f"cannot store a value of type {type(obj).__name__} in a record")
+
+
+def as_float(value: Any) -> float:
+    """A stored number back as a float: ``null`` -> NaN, ``"inf"``/``"-inf"`` -> +-inf."""
+    if value is None:
+        return math.nan
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return math.nan
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(to_jsonable(obj), allow_nan=False, ensure_ascii=False)
+
+
+# --------------------------------------------------------------------------------------
+# Files
+
+
+def _fsync_dir(path: Path) -> None:
+    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically: temporary file in the same folder + replace."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """Write ``obj`` as indented JSON (via :func:`to_jsonable`) atomically."""
+    text = json.dumps(to_jsonable(obj), allow_nan=False, ensure_ascii=False, indent=2)
+    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+
+
+def _records_path(run_dir: str | os.PathLike[str]) -> Path:
+    path = Path(run_dir)
+    return path if path.is_file() else path / RECORDS_FILE
+
+
+def read_settings(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
+    """The saved settings of a run folder.
+
+    Raises:
+        RecordError: when ``settings.json`` is missing or not a JSON object.
+    """
+    path = Path(run_dir) / SETTINGS_FILE
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecordError(f"{path} not found: {run_dir} is not a featsmooth run folder") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise RecordError(f"{path} is not valid JSON ({exc}); restore it or rerun") from None
+    if not isinstance(data, dict):
+        raise RecordError(f"{path} must hold a JSON object")
+    return data
+
+
+def _scan(data: bytes, source: str) -> tuple[list[dict[str, Any]], int, int | None]:
+    """Parse JSON Lines ``data``.
+
+    Returns ``(records, good_end, bad_last_line)``: ``good_end`` is the byte offset just
+    after the last valid record (including its newline if present), ``bad_last_line`` the
+    1-based number of an unparseable final line (a record cut by a kill) or ``None``.
+    Raises RecordError for an unparseable line that is not the last non-blank one.
+    """
+    lines = data.split(b"\n")
+    last = max((i for i, raw in enumerate(lines) if raw.strip()), default=-1)
+    records: list[dict[str, Any]] = []
+    offset = good_end = 0
+    for i, raw in enumerate(lines):
+        end = offset + len(raw) + (1 if i < len(lines) - 1 else 0)
+        if raw.strip():
+            try:
+                obj = json.loads(raw.decode("utf-8"))
+                if not isinstance(obj, dict):
+                    raise ValueError("a record must be a JSON object")
+            except (ValueError, UnicodeDecodeError) as exc:
+                if i == last:
+                    return records, good_end, i + 1
+                reason = str(exc).splitlines()[0][:80]
+                raise RecordError(
+                    f"{source}: line {i + 1} is corrupt ({reason}); only a killed run's last "
+                    "line can be repaired: fix or remove that line, or start a new run folder"
+                ) from None
+            records.append(obj)
+        good_end = end
+        offset = end
+    return records, good_end, None
+
+
+def read_records(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """All records of a run folder (or of a ``records.jsonl`` path), in file order.
+
+    A truncated or unparseable *last* line (a run killed while writing) is dropped with a
+    :class:`RecordWarning`. A missing records file means an empty run.
+
+    Raises:
+        RecordError: a line other than the last cannot be parsed (message names the line).
+    """
+    path = _records_path(run_dir)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        if not Path(run_dir).is_dir():
+            raise RecordError(f"run folder {run_dir} does not exist") from None
+        return []
+    records, _, bad = _scan(data, str(path))
+    if bad is not None:
+        warnings.warn(
+            f"{path}: dropped incomplete line {bad} (the run was interrupted while writing it)",
+            RecordWarning,
+            stacklevel=2,
+        )
+    return records
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in obj.items():
+        if value is None:  # an unset option equals a missing one
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def settings_differences(
+    saved: Mapping[str, Any],
+    current: Mapping[str, Any],
+    volatile: Iterable[str] = VOLATILE_KEYS,
+) -> list[str]:
+    """Result-defining keys whose values differ (dotted paths for nested settings).
+
+    Both sides go through :func:`to_jsonable` first, so ``(0.25, 0.5)`` equals ``[0.25, 0.5]``
+    and ``np.float64(0.25)`` equals ``0.25``; a ``None`` value equals a missing key (an
+    unset option). Top-level keys in ``volatile`` are ignored.
+    """
+    skip = set(volatile)
+    a = _flatten({k: v for k, v in to_jsonable(dict(saved)).items() if k not in skip})
+    b = _flatten({k: v for k, v in to_jsonable(dict(current)).items() if k not in skip})
+    return sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
+
+
+_MISSING = object()
+
+
+def _short(value: Any) -> str:
+    text = "missing" if value is _MISSING else json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+# --------------------------------------------------------------------------------------
+# Samples
+
+
+def sample_path(run_dir: str | os.PathLike[str], key: Any, name: str = DEFAULT_SAMPLES) -> Path:
+    """Where the sample array ``name`` of record ``key`` lives in ``run_dir``."""
+    text = str(key)
+    if not text:
+        raise InputError("a record key must not be empty")
+    if not name.replace("_", "").replace("-", "").isalnum():
+        raise InputError(f"sample name {name!r} must be letters, digits, '-' or '_'")
+    filename = urllib.parse.quote(text, safe="-_.") + ".npy"
+    if filename.startswith("."):  # never a hidden file or '..'
+        filename = "%2E" + filename[1:]
+    folder = Path(run_dir) / SAMPLES_DIR
+    return folder / filename if name == DEFAULT_SAMPLES else folder / name / filename
+
+
+def _to_numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):  # torch.Tensor (bf16 has no numpy dtype: go through float32)
+        values = values.detach().cpu()
+        if str(values.dtype) in ("torch.bfloat16", "torch.float16"):
+            values = values.float()
+        values = values.numpy()
+    return np.asarray(values)
+
+
+def save_samples(
+    run_dir: str | os.PathLike[str], key: Any, values: Any, name: str = DEFAULT_SAMPLES
+) -> Path:
+    """Store ``values`` (array or tensor) as ``.npy`` for record ``key``, atomically."""
+    array = _to_numpy(values)
+    if array.dtype == object:
+        raise InputError("samples must be a numeric array")
+    path = sample_path(run_dir, key, name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".samples.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_samples(
+    run_dir: str | os.PathLike[str], key: Any, name: str = DEFAULT_SAMPLES
+) -> np.ndarray:
+    """Load the sample array ``name`` stored for record ``key`` (no pickles are loaded).
+
+    Raises:
+        RecordError: when no samples were stored for ``key``.
+    """
+    path = sample_path(run_dir, key, name)
+    try:
+        return np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise RecordError(
+            f"no {name} samples stored for record {key!r} in {run_dir} "
+            "(run with sample storage enabled to recompute certificates offline)"
+        ) from None
+
+
+# --------------------------------------------------------------------------------------
+# Writer
+
+
+def _utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunWriter:
+    """Append records to a run folder, resuming an interrupted run safely.
+
+    Use as a context manager::
+
+        with RunWriter(out, settings) as run:
+            for key, image in inputs:
+                if key in run:          # already written before an interruption
+                    continue
+                run.write_samples(key, projections)   # optional, before the record
+                run.write({"key": key, **certificate.to_dict()})
+
+    Args:
+        run_dir: the run folder (created if missing).
+        settings: the effective settings of this run (JSON-convertible mapping).
+        resume: continue an existing run with the same result-defining settings. With
+            ``resume=False`` an existing run that already holds records is refused
+            unless ``overwrite=True``, which deletes its records and samples.
+        overwrite: start afresh even if records exist (only with ``resume=False``).
+        key_field: the record field that identifies an input (default ``"key"``).
+        volatile: settings keys ignored when comparing with the saved settings.
+        environment: add :func:`featsmooth.versions.environment_info` to the settings.
+
+    Guarantees: each :meth:`write` is flushed and fsync'ed before it returns, so after a
+    kill the folder holds every record written, plus at most one partial line that the
+    next writer cuts off. Two writers on one folder are refused (POSIX ``flock``; not
+    enforced on Windows).
+
+    Raises:
+        RecordError: settings differ from the saved ones (the message names the keys), the
+            records are corrupt, another process writes to the folder, or a non-resumed
+            run would overwrite records.
+    """
+
+    def __init__(
+        self,
+        run_dir: str | os.PathLike[str],
+        settings: Mapping[str, Any],
+        *,
+        resume: bool = True,
+        overwrite: bool = False,
+        key_field: str = "key",
+        volatile: Iterable[str] = VOLATILE_KEYS,
+        environment: bool = True,
+    ) -> None:
+        if not isinstance(settings, Mapping):
+            raise InputError("settings must be a mapping of names to values")
+        self.run_dir = Path(run_dir)
+        self.settings: dict[str, Any] = to_jsonable(dict(settings))
+        self.resume = resume
+        self.overwrite = overwrite
+        self.key_field = key_field
+        self.volatile = frozenset(volatile)
+        self._environment = environment
+        self._fh: Any = None
+        self._done: set[Any] = set()
+        self.records: list[dict[str, Any]] = []
+        self.resumed = False
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    def open(self) -> RunWriter:
+        """Validate the folder, repair a cut last line, and open the records for append."""
+        if self._fh is not None:
+            return self
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise RecordError(f"{self.run_dir} exists and is not a folder")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        records_path = self.run_dir / RECORDS_FILE
+        settings_path = self.run_dir / SETTINGS_FILE
+        fh = open(records_path, "a+b")
+        try:
+            self._lock(fh)
+            fh.seek(0)
+            data = fh.read()
+            records, good_end, bad = _scan(data, str(records_path))
+            has_records = bool(records) or bad is not None
+            if has_records and not settings_path.exists():
+                raise RecordError(
+                    f"{self.run_dir} holds records but no {SETTINGS_FILE}; "
+                    "cannot check they match: use a new run folder"
+                )
+            if has_records and not self.resume:
+                if not self.overwrite:
+                    raise RecordError(
+                        f"{self.run_dir} already holds {len(records)} records; resume it or "
+                        "choose a new run folder (or overwrite to delete them)"
+                    )
+                fh.truncate(0)
+                self._remove_samples()
+                records, good_end, bad, data = [], 0, None, b""
+            saved = read_settings(self.run_dir) if settings_path.exists() else None
+            resuming = saved is not None and has_records and self.resume
+            if resuming:
+                self._check_settings(saved)
+            if bad is not None:
+                warnings.warn(
+                    f"{records_path}: cut off incomplete line {bad} left by an interrupted "
+                    "run; that input will be processed again",
+                    RecordWarning,
+                    stacklevel=3,
+                )
+            if good_end < len(data):
+                fh.truncate(good_end)
+                fh.flush()
+                os.fsync(fh.fileno())
+            if good_end > 0 and not data[:good_end].endswith(b"\n"):
+                fh.write(b"\n")  # a complete last record whose newline was lost
+            self.records = records
+            self._done = {self._key_of(r) for r in records if self.key_field in r}
+            self.resumed = resuming
+            self._write_settings(saved if resuming else None)
+        except BaseException:
+            fh.close()
+            raise
+        self._fh = fh
+        return self
+
+    def close(self) -> None:
+        """Flush and close the records file (releases the lock)."""
+        if self._fh is not None:
+            try:
+                self._fh.flush()
+                os.fsync(self._fh.fileno())
+            finally:
+                self._fh.close()
+                self._fh = None
+
+    def __enter__(self) -> RunWriter:
+        return self.open()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- API -------------------------------------------------------------------------
+
+    def done_keys(self) -> set[Any]:
+        """Keys of the records already in the folder (including those written now).
+
+        Returns a copy; for membership tests in a loop use ``key in writer`` (no copy)."""
+        return set(self._done)
+
+    def __contains__(self, key: Any) -> bool:
+        return self._key_of({self.key_field: to_jsonable(key)}) in self._done
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def write(self, record: Mapping[str, Any]) -> dict[str, Any]:
+        """Append one record (converted by :func:`to_jsonable`), flushed and fsync'ed.
+
+        Returns the stored (JSON-safe) record.
+
+        Raises:
+            InputError: ``record`` lacks the key field or repeats an already written key.
+        """
+        if self._fh is None:
+            raise InputError("RunWriter is not open: use it in a 'with' block or call open()")
+        if not isinstance(record, Mapping) or record.get(self.key_field) is None:
+            raise InputError(f"a record must be a mapping with a {self.key_field!r} field")
+        stored = to_jsonable(dict(record))
+        key = self._key_of(stored)
+        if key in self._done:
+            raise InputError(f"record {key!r} was already written to {self.run_dir}")
+        line = json.dumps(stored, allow_nan=False, ensure_ascii=False) + "\n"
+        self._fh.write(line.encode("utf-8"))
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._done.add(key)
+        self.records.append(stored)
+        return stored
+
+    def write_samples(self, key: Any, values: Any, name: str = DEFAULT_SAMPLES) -> Path:
+        """Store raw samples for ``key`` (see :func:`save_samples`); call before :meth:`write`
+        so that a record never exists without its samples."""
+        return save_samples(self.run_dir, key, values, name)
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _key_of(self, record: Mapping[str, Any]) -> Any:
+        key = record[self.key_field]
+        return tuple(key) if isinstance(key, list) else key
+
+    def _lock(self, fh: Any) -> None:
+        if fcntl is None:  # pragma: no cover
+            return
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise RecordError(
+                f"another process is writing to {self.run_dir}; wait for it or use another folder"
+            ) from None
+
+    def _check_settings(self, saved: Mapping[str, Any]) -> None:
+        diff = settings_differences(saved, self.settings, self.volatile)
+        if diff:
+            a = _flatten(to_jsonable(dict(saved)))
+            b = _flatten(self.settings)
+            parts = [
+                f"{k} (saved {_short(a.get(k, _MISSING))}, now {_short(b.get(k, _MISSING))})"
+                for k in diff
+            ]
+            raise RecordError(
+                f"{self.run_dir} was written with different settings: {'; '.join(parts)}; "
+                "use the saved settings to resume, or a new run folder"
+            )
+
+    def _write_settings(self, saved: Mapping[str, Any] | None) -> None:
+        from featsmooth.versions import environment_info
+
+        env = environment_info(self.settings.get("device")) if self._environment else None
+        if saved is None:
+            settings = dict(self.settings)
+            settings.setdefault("created", _utc_now())
+            if env is not None:
+                settings.setdefault("environment", env)
+        else:
+            settings = dict(saved)
+            changed = {
+                k: v
+                for k, v in self.settings.items()
+                if k in self.volatile
+                and k not in ("environment", "created", "resumed")
+                and saved.get(k, _MISSING) != v
+            }
+            entry: dict[str, Any] = {"time": _utc_now(), "records": len(self.records)}
+            if changed:
+                entry["changed"] = changed
+            if env is not None and env != saved.get("environment"):
+                entry["environment"] = env
+            settings["resumed"] = [*saved.get("resumed", []), entry]
+        self.settings = to_jsonable(settings)
+        atomic_write_json(self.run_dir / SETTINGS_FILE, self.settings)
+
+    def _remove_samples(self) -> None:
+        folder = self.run_dir / SAMPLES_DIR
+        if not folder.is_dir():
+            return
+        for path in sorted(folder.rglob("*.npy"), reverse=True):
+            path.unlink()
+        for sub in sorted((p for p in folder.rglob("*") if p.is_dir()), reverse=True):
+            with contextlib.suppress(OSError):
+                sub.rmdir()
+
+
+# --------------------------------------------------------------------------------------
+# Offline recomputation
+
+
+def recompute_certificates(
+    run_dir: str | os.PathLike[str],
+    alpha: float,
+    method: str,
+    *,
+    radii: Iterable[float] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
+) -> list[dict[str, Any]]:
+    """Recompute the certificates of a run at another ``alpha`` / bound ``method``.
+
+    Reads the stored per-sample projections ``samples/<key>.npy`` (values in [-1, 1] whose
+    mean lower-bounds S) and recomputes ``score_lower`` with
+    :func:`featsmooth.bounds.mean_lower_bound`, ``fcsb`` at each radius with
+    :func:`featsmooth.bounds.fcsb` and ``certified_radius_cos50``. If clean-reference
+    samples (``samples/clean/<key>.npy``) exist, ``clean_score_lower`` and ``fcsb_clean``
+    are recomputed too; otherwise, and for the prediction certificates, the stale
+    alpha-dependent fields are removed from the returned records. Records without stored
+    samples are skipped (one :class:`RecordWarning` says how many).
+
+    Validity. Each recomputed certificate holds at level ``1 - alpha`` on its own, but
+    trying several alphas/methods and reporting the best is multiple testing: choose them
+    before looking. Where sampling stopped early (``n_used < n``) only ``"betting"`` is
+    valid (anytime-valid); Hoeffding/Bernstein on an optionally stopped sample are not,
+    and a warning says so. The betting bound uses the bet schedule of
+    :meth:`featsmooth.SmoothedEncoder.certify`: tuned to the run's ``n`` for fixed-size
+    runs, the anytime schedule for sequential ones (``tolerance``/``target`` set, or a
+    sequential ``stop_reason``), so recomputing at the run's own alpha and method
+    reproduces its ``score_lower``.
+
+    Args:
+        run_dir: run folder written with sample storage.
+        alpha: new failure probability; method: ``"betting"|"bernstein"|"hoeffding"``.
+        radii: radii to certify (default: each record's ``radii``, else the settings').
+        out_dir: if given, also write the recomputed records as a new run folder there
+            (settings updated with the new alpha/method and ``recomputed_from``).
+
+    Returns:
+        The recomputed records (JSON-safe dicts), in file order.
+    """
+    from featsmooth import bounds
+
+    settings = read_settings(run_dir)
+    records = read_records(run_dir)
+    sequential = settings.get("tolerance") is not None or settings.get("target") is not None
+    n_setting = as_float(settings.get("n"))
+    n_max = int(n_setting) if math.isfinite(n_setting) else 0
+    fixed_radii = None if radii is None else [float(r) for r in radii]
+    out: list[dict[str, Any]] = []
+    missing = stopped = 0
+    for record in records:
+        key = record.get("key")
+        if key is None or not sample_path(run_dir, key).exists():
+            missing += 1
+            continue
+        values = np.asarray(load_samples(run_dir, key), dtype=np.float64).ravel()
+        sigma = as_float(record.get("sigma", settings.get("sigma")))
+        if not math.isfinite(sigma) or sigma <= 0:
+            raise RecordError(f"record {key!r}: no valid sigma in the record or the settings")
+        r = fixed_radii if fixed_radii is not None else record.get("radii", settings.get("radii"))
+        r = [float(x) for x in (r or [])]
+        early = bool(n_max) and values.size < n_max
+        stopped += early
+        seq = sequential or early or record.get("stop_reason") in _SEQUENTIAL_STOPS
+        kwargs: dict[str, Any] = {}
+        if method == "betting":  # the bet schedule the original run used
+            kwargs = {"anytime": True} if seq else {"horizon": max(n_max, values.size)}
+        s_low = float(bounds.mean_lower_bound(values, alpha, method, **kwargs))
+        new = {k: v for k, v in record.items() if k not in _ALPHA_DEPENDENT}
+        new.update(alpha=float(alpha), method=method, n_used=int(values.size))
+        new["score_lower"] = s_low
+        new["radii"] = r
+        new["fcsb"] = np.asarray(bounds.fcsb(s_low, r, sigma), dtype=np.float64).tolist()
+        new["certified_radius_cos50"] = float(bounds.certified_radius(s_low, 0.5, sigma))
+        clean_path = sample_path(run_dir, key, "clean")
+        if clean_path.exists():
+            clean = np.asarray(load_samples(run_dir, key, "clean"), dtype=np.float64).ravel()
+            c_low = float(bounds.mean_lower_bound(clean, alpha, method, **kwargs))
+            new["clean_score_lower"] = c_low
+            new["fcsb_clean"] = np.asarray(bounds.fcsb(c_low, r, sigma)).tolist()
+        new["recomputed"] = True
+        out.append(to_jsonable(new))
+    if missing:
+        warnings.warn(
+            f"{run_dir}: {missing} of {len(records)} records have no stored samples "
+            "and were not recomputed",
+            RecordWarning,
+            stacklevel=2,
+        )
+    if stopped and method != "betting":
+        warnings.warn(
+            f"{run_dir}: {stopped} records stopped sampling early (n_used < n); a {method} "
+            "bound is not valid after optional stopping: use method='betting'",
+            RecordWarning,
+            stacklevel=2,
+        )
+    if out_dir is not None:
+        new_settings = dict(settings)
+        for key in ("environment", "created", "resumed"):
+            new_settings.pop(key, None)
+        new_settings.update(
+            alpha=float(alpha),
+            method=method,
+            recomputed_from={
+                "run": str(run_dir),
+                "alpha": settings.get("alpha"),
+                "method": settings.get("method"),
+            },
+        )
+        if fixed_radii is not None:
+            new_settings["radii"] = fixed_radii
+        with RunWriter(out_dir, new_settings) as writer:
+            for record in out:
+                if writer._key_of(record) not in writer.done_keys():
+                    writer.write(record)
+    return out
+
+
+__all__ = [
+    "DEFAULT_SAMPLES",
+    "RECORDS_FILE",
+    "SAMPLES_DIR",
+    "SETTINGS_FILE",
+    "VOLATILE_KEYS",
+    "RecordError",
+    "RecordWarning",
+    "RunWriter",
+    "as_float",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "load_samples",
+    "read_records",
+    "read_settings",
+    "recompute_certificates",
+    "sample_path",
+    "save_samples",
+    "settings_differences",
+    "to_jsonable",
+]
