@@ -554,8 +554,11 @@ class SmoothedEncoder:
         top = (directions @ emb.T).argmax(1)  # smoothed prediction A per image
         top_cohen = votes0.argmax(1)
 
-        # margins[i]: (n, K) values <w_B, f> with the A column unused; proj[i]: <v, f>
-        margins = [np.zeros((n, num_classes)) for _ in range(b)]
+        # margins[i]: (n, K-1) values <w_B, f> over the rivals B of A, kept only until the
+        # image's n samples are complete (then reduced to p_low); proj[i]: <v, f>
+        rival_alpha = bounds.split_alpha(alpha, num_classes - 1)
+        margins: dict[int, np.ndarray] = {}
+        p_low = np.zeros(b)
         proj = np.zeros((b, n))
         proj_clean = np.zeros((b, n))
         totals = sums.clone()
@@ -566,22 +569,24 @@ class SmoothedEncoder:
             k, c = len(feats), int(filled[i])
             scores = feats @ emb.T  # (k, K)
             w_vals = (scores[:, top[i]].unsqueeze(1) - scores) / diff_norm[i]
-            margins[i][c : c + k] = w_vals.clamp(-1.0, 1.0).cpu().numpy()
+            rivals = torch.arange(num_classes, device=self.device) != top[i]
+            if i not in margins:
+                margins[i] = np.zeros((n, num_classes - 1))
+            margins[i][c : c + k] = w_vals[:, rivals].clamp(-1.0, 1.0).cpu().numpy()
             proj[i, c : c + k] = (feats @ directions[i]).cpu().numpy()
             proj_clean[i, c : c + k] = (feats @ clean[i]).cpu().numpy()
             totals[i] += feats.sum(0)
             votes[i] += int((scores.argmax(1) == top_cohen[i]).sum())
             filled[i] += k
+            if filled[i] == n:
+                p_low[i] = _min_rival_probability(margins.pop(i), rival_alpha, method, n)
             bar.advance(k)
         bar.close()
 
         results = []
-        rival_alpha = bounds.split_alpha(alpha, num_classes - 1)
         for i in range(b):
             a = int(top[i])
-            rivals = np.array([c for c in range(num_classes) if c != a])
-            p_low = _min_rival_probability(margins[i][:, rivals], rival_alpha, method, n)
-            margin_radius = float(bounds.probability_radius(p_low, self.sigma))
+            margin_radius = float(bounds.probability_radius(p_low[i], self.sigma))
             feature_cert = self._certificate(
                 proj[i],
                 proj_clean[i],
