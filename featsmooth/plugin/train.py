@@ -1,0 +1,786 @@
+"""Self-supervised training of a plug-in (purifier and/or mapper) for a frozen encoder.
+
+:func:`train_plugin` needs only unlabelled images. Every step draws, for each image x of a
+batch, a noise level sigma from the trained set (or range) and ``draws_per_image`` Gaussian
+perturbations, runs ``f'(x+eps) = M(f(P(x+eps, sigma)), sigma)`` with gradients flowing
+*through* the frozen encoder f into the purifier, and minimises the weighted sum of the
+losses in :mod:`featsmooth.plugin.losses`.
+
+Guarantees:
+- the encoder's weights are never updated: its parameters get ``requires_grad=False``
+  during training (flags and train/eval mode are restored afterwards) and a digest of all
+  its tensors is compared bit for bit at the end (FeatureError if it changed, e.g. an
+  encoder that updates batch-norm statistics in eval mode);
+- training is resumable and deterministic for tensor data: step ``t`` uses its own random
+  generator seeded from ``(seed, t)``, and checkpoints (one safetensors file holding the
+  modules, the AdamW state and a JSON state in its metadata, written to a temporary file and
+  moved in place with ``os.replace``) restore everything; an interrupted run resumed from
+  its checkpoint ends with the same weights as an uninterrupted one. No pickle anywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from featsmooth.errors import FeatureError, InputError
+from featsmooth.plugin import losses as L
+from featsmooth.plugin.mapper import MapperConfig, SmoothnessMapper
+from featsmooth.plugin.plugged import (
+    PARTS,
+    Plugin,
+    encoder_fingerprint,
+    encoder_name,
+)
+from featsmooth.plugin.purifier import Purifier, PurifierConfig
+
+CHECKPOINT_FILE = "checkpoint.safetensors"
+_STATE_KEY = "featsmooth_plugin_checkpoint"
+
+
+# ---------------------------------------------------------------------------- data
+
+
+def _as_image_tensor(x: torch.Tensor, what: str) -> torch.Tensor:
+    if not torch.is_tensor(x) or x.ndim != 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise InputError(f"{what} must be a tensor of images (N, C, H, W), got {shape}")
+    if x.dtype == torch.uint8:
+        x = x.to(torch.float32) / 255.0
+    x = x.to(torch.float32)
+    if x.numel() and (x.min() < 0 or x.max() > 1):
+        raise InputError(f"{what} must be in pixel units [0, 1] (clean images)")
+    return x
+
+
+class _FolderBatches:
+    """Re-iterable batches ``(images, labels)`` of a dataset that has ``.batches(size)``."""
+
+    def __init__(self, dataset: Any, batch_size: int) -> None:
+        self.dataset, self.batch_size = dataset, batch_size
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.dataset) / self.batch_size)
+
+    def __iter__(self):
+        return iter(self.dataset.batches(self.batch_size))
+
+
+def _resolve_data(images_or_loader: Any, batch_size: int) -> torch.Tensor | Iterable:
+    if isinstance(images_or_loader, (str, Path)):
+        try:
+            from featsmooth.data.loaders import load_image_folder
+        except ImportError as err:
+            raise InputError("loading an image folder needs featsmooth.data.loaders") from err
+        images_or_loader = load_image_folder(images_or_loader)
+    if hasattr(images_or_loader, "batches") and hasattr(images_or_loader, "__len__"):
+        return _FolderBatches(images_or_loader, batch_size)
+    if torch.is_tensor(images_or_loader):
+        return _as_image_tensor(images_or_loader, "training images")
+    if isinstance(images_or_loader, Iterable):
+        return images_or_loader
+    raise InputError("training data must be an image tensor, an iterable of batches or a folder")
+
+
+def _batch_from(item: Any) -> torch.Tensor:
+    if isinstance(item, (tuple, list)):
+        item = item[0]
+    if isinstance(item, dict):
+        item = item.get("images", item.get("pixel_values"))
+    return _as_image_tensor(item, "a training batch")
+
+
+class _Batches:
+    """Deterministic batches from a tensor (per-epoch permutation) or a re-iterable loader."""
+
+    def __init__(self, data: torch.Tensor | Iterable, batch_size: int, seed: int) -> None:
+        self.data, self.batch_size, self.seed = data, batch_size, seed
+        self._it = None
+
+    @property
+    def steps_per_epoch(self) -> int | None:
+        if torch.is_tensor(self.data):
+            return max(1, math.ceil(self.data.shape[0] / self.batch_size))
+        return len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
+
+    def get(self, step: int) -> torch.Tensor:
+        if torch.is_tensor(self.data):
+            n = self.data.shape[0]
+            per = self.steps_per_epoch or 1
+            epoch, i = divmod(step, per)
+            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            return self.data[perm[i * self.batch_size : (i + 1) * self.batch_size]]
+        for _ in range(2):
+            if self._it is None:
+                self._it = iter(self.data)
+            try:
+                return _batch_from(next(self._it))
+            except StopIteration:
+                self._it = None
+        raise InputError("the training loader yielded no batches")
+
+
+# ------------------------------------------------------------------------ evaluation
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+
+
+def _encoder_dtype(encoder: nn.Module) -> torch.dtype:
+    for t in list(encoder.parameters()) + list(encoder.buffers()):
+        if t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16):
+            return t.dtype
+    return torch.float32
+
+
+@torch.no_grad()
+def evaluate_plugin(
+    encoder: nn.Module,
+    plugin: Plugin | None,
+    images: torch.Tensor,
+    sigmas: float | Sequence[float],
+    *,
+    draws: int = 16,
+    seed: int = 0,
+    batch_size: int = 32,
+    device: torch.device | str | None = None,
+    allow_untrained_sigma: bool = False,
+) -> dict[str, dict[str, float]]:
+    """Mean score ``S`` and clean agreement of ``f'`` (or of ``f`` when ``plugin`` is None).
+
+    For each sigma returns ``{"score": mean_x ||mean_i f'(x+eps_i)||, "clean_score": mean
+    cos(f'(x+eps), f(x)), "clean_cos": mean cos(f'(x), f(x)), "draws", "images"}`` with unit
+    flattened features. The noise draws depend only on ``seed`` (common random numbers), so
+    two calls with the same seed compare encoders on the same perturbations. ``score`` is
+    the Monte-Carlo point estimate (biased up by about (1-S^2)/(2 S draws)); it is not a
+    certificate.
+    """
+    images = _as_image_tensor(images, "validation images")
+    device = torch.device(device) if device is not None else _first_device(encoder)
+    dtype = _encoder_dtype(encoder)
+    sig_list = [float(sigmas)] if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
+    out: dict[str, dict[str, float]] = {}
+    for sigma in sig_list:
+        model = (
+            plugin.wrap(encoder, sigma, allow_untrained_sigma=allow_untrained_sigma)
+            if plugin is not None
+            else encoder
+        )
+        gen = torch.Generator().manual_seed(seed)
+        scores, clean_scores, clean_cos = [], [], []
+        for start in range(0, images.shape[0], batch_size):
+            x = images[start : start + batch_size]
+            b = x.shape[0]
+            noise = torch.randn((b * draws, *x.shape[1:]), generator=gen) * sigma
+            x = x.to(device)
+            ref = L.unit_flat(encoder(x.to(dtype)))
+            clean = L.unit_flat(model(x.to(dtype)))
+            noisy_in = (x.repeat_interleave(draws, 0) + noise.to(device)).to(dtype)
+            feats = torch.cat(
+                [L.unit_flat(model(c)) for c in noisy_in.split(batch_size * draws)]
+            ).view(b, draws, -1)
+            scores.append(L.score_estimate(feats))
+            clean_scores.append((feats * ref[:, None, :]).sum(-1).mean(1))
+            clean_cos.append((clean * ref).sum(-1))
+        out[f"{sigma:g}"] = {
+            "score": float(torch.cat(scores).mean()),
+            "clean_score": float(torch.cat(clean_scores).mean()),
+            "clean_cos": float(torch.cat(clean_cos).mean()),
+            "draws": draws,
+            "images": int(images.shape[0]),
+        }
+    return out
+
+
+def _first_device(module: nn.Module) -> torch.device:
+    for t in list(module.parameters()) + list(module.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def weights_digest(module: nn.Module) -> str:
+    """sha256 of every tensor of ``module``'s state dict (names, dtypes, shapes, bytes)."""
+    h = hashlib.sha256()
+    for name, t in module.state_dict().items():
+        if not torch.is_tensor(t):
+            continue
+        t = t.detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+# ------------------------------------------------------------------------ checkpoints
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    sd = opt.state_dict()
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, st in sd["state"].items():
+        for key, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"optim.{idx}.{key}"] = val.detach().to("cpu").contiguous()
+            else:
+                scalars.setdefault(str(idx), {})[key] = val
+    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+
+
+def _optimizer_from_flat(
+    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
+) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, val in tensors.items():
+        if key.startswith("optim."):
+            _, idx, name = key.split(".", 2)
+            state.setdefault(int(idx), {})[name] = val
+    for idx, vals in meta.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(vals)
+    groups = meta["param_groups"]
+    for g in groups:
+        if "betas" in g:
+            g["betas"] = tuple(g["betas"])
+    opt.load_state_dict({"state": state, "param_groups": groups})
+
+
+def save_checkpoint(
+    folder: str | Path,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+) -> Path:
+    """Write modules + AdamW state + JSON ``state`` atomically to ``folder/checkpoint.*``."""
+    from safetensors.torch import save
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        f"model.{part}.{k}": v.detach().to("cpu").contiguous()
+        for part, m in modules.items()
+        for k, v in m.state_dict().items()
+    }
+    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
+    tensors.update(opt_tensors)
+    full_state = {**state, "optimizer": opt_meta}
+    blob = save(tensors, metadata={_STATE_KEY: json.dumps(full_state)})
+    path = folder / CHECKPOINT_FILE
+    _atomic_write_bytes(path, blob)
+    readable = {k: v for k, v in full_state.items() if k != "optimizer"}
+    _atomic_write_bytes(folder / "checkpoint.json", json.dumps(readable, indent=2).encode())
+    return path
+
+
+def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
+    """``(tensors, state)`` from ``folder/checkpoint.safetensors``, or None if absent."""
+    from safetensors import safe_open
+
+    path = Path(folder) / CHECKPOINT_FILE
+    if not path.exists():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta = fh.metadata() or {}
+            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
+    except Exception as err:
+        raise InputError(f"checkpoint {path.name} is unreadable ({err}); delete it") from err
+    if _STATE_KEY not in meta:
+        raise InputError(f"{path.name} is not a featsmooth plug-in checkpoint")
+    return tensors, json.loads(meta[_STATE_KEY])
+
+
+# ---------------------------------------------------------------------------- training
+
+
+def _sigma_set(sigmas: float | Sequence[float]) -> list[float]:
+    vals = [float(sigmas)] if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
+    if not vals or any(not (s > 0 and math.isfinite(s)) for s in vals):
+        raise InputError(f"sigmas must be positive numbers, got {sigmas}")
+    return sorted(set(vals))
+
+
+def _default_mapper_config(feature_shape: tuple[int, ...]) -> MapperConfig:
+    if len(feature_shape) == 1:
+        dim, tokens = feature_shape[0], False
+    elif len(feature_shape) == 2:
+        dim, tokens = feature_shape[1], True
+    elif len(feature_shape) == 3:
+        dim, tokens = feature_shape[0], True
+    else:
+        raise InputError(
+            f"the mapper supports features (D,), (T, D) or (D, H, W), got {feature_shape}"
+        )
+    hidden = min(512, max(128, 8 * math.ceil(dim / 8)))
+    return MapperConfig(dim=dim, hidden=hidden, tokens=tokens)
+
+
+def train_plugin(
+    encoder: nn.Module,
+    images_or_loader: torch.Tensor | Iterable | str | Path,
+    *,
+    sigmas: float | Sequence[float] = (0.25,),
+    sigma_sampling: str = "set",
+    parts: Sequence[str] = PARTS,
+    steps: int | None = None,
+    epochs: int | None = None,
+    batch_size: int = 16,
+    lr: float = 2e-4,
+    weight_decay: float = 0.01,
+    loss_weights: L.LossWeights | dict | None = None,
+    draws_per_image: int = 2,
+    val_images: torch.Tensor | None = None,
+    val_every: int = 50,
+    val_draws: int = 16,
+    checkpoint_dir: str | Path | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = True,
+    seed: int = 0,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+    purifier_config: PurifierConfig | dict | None = None,
+    mapper_config: MapperConfig | dict | None = None,
+    init: Plugin | None = None,
+    data_description: str | None = None,
+    callback: Callable[[int, dict[str, float]], None] | None = None,
+) -> Plugin:
+    """Train a purifier and/or a smoothness mapper for the frozen ``encoder``.
+
+    Args:
+        encoder: image encoder (pixel units in, features out); never modified.
+        images_or_loader: clean images ``(N, C, H, W)`` in [0, 1] (or uint8), an iterable of
+            such batches (or ``(images, labels)`` tuples; re-iterated each epoch and restarted
+            from its beginning on resume), or a folder (via ``featsmooth.data.loaders``).
+        sigmas: training noise levels (pixel units); ``sigma_sampling="set"`` draws from
+            them, ``"uniform"`` draws uniformly between their min and max. The plug-in
+            accepts sigmas in ``[min, max]`` afterwards.
+        parts: which modules to train: ``("purifier",)``, ``("mapper",)`` or both.
+            Modules of ``init`` (a previously trained Plugin) that are not in ``parts`` are
+            used frozen: two-stage training is ``train_plugin(.., parts=("purifier",))``
+            then ``train_plugin(.., parts=("mapper",), init=stage1)``.
+        steps / epochs: length of training (``steps`` wins; default 8 epochs).
+        batch_size, lr, weight_decay: AdamW settings (lr 2e-4 as in the paper).
+        loss_weights: :class:`LossWeights` or a dict of its fields.
+        draws_per_image: noise draws per image and step (>= 2 for the pairwise term).
+        val_images, val_every, val_draws: held-out images, validated every ``val_every``
+            steps with :func:`evaluate_plugin` (fixed noise seeds) and at the end.
+        checkpoint_dir, checkpoint_every, resume: checkpoint every ``checkpoint_every`` steps
+            (default ``val_every``) and at the end; with ``resume`` continue from one.
+        seed: seeds initialisation, batch order and every noise draw.
+        device: where to train (default: the encoder's device).
+        progress: show a rich progress bar.
+        purifier_config, mapper_config: architecture overrides.
+        data_description: free text recorded in the card.
+        callback: called as ``callback(step, metrics)`` after every step (may raise to stop).
+
+    Returns:
+        the trained :class:`Plugin`, its card holding every setting, the loss history and
+        the mean score before (plain encoder) and after (plugged) on the validation images.
+    """
+    t_start = time.perf_counter()
+    parts = tuple(parts)
+    if not parts or set(parts) - set(PARTS):
+        raise InputError(f"parts must be a non-empty subset of {PARTS}, got {parts}")
+    if sigma_sampling not in ("set", "uniform"):
+        raise InputError("sigma_sampling must be 'set' or 'uniform'")
+    sigma_list = _sigma_set(sigmas)
+    if batch_size < 1 or draws_per_image < 1 or lr <= 0:
+        raise InputError("batch_size and draws_per_image must be >= 1 and lr > 0")
+    weights = (
+        loss_weights
+        if isinstance(loss_weights, L.LossWeights)
+        else L.LossWeights.from_dict(loss_weights)
+    )
+    if draws_per_image < 2 and weights.pairwise_consistency > 0:
+        raise InputError("the pairwise consistency loss needs draws_per_image >= 2")
+    data = _resolve_data(images_or_loader, batch_size)
+    batches = _Batches(data, batch_size, seed)
+    if steps is None:
+        per = batches.steps_per_epoch
+        if per is None:
+            raise InputError("give steps= for a loader without a length")
+        steps = (epochs if epochs is not None else 8) * per
+    if steps < 1:
+        raise InputError("steps must be >= 1")
+    if val_images is not None:
+        val_images = _as_image_tensor(val_images, "val_images")
+    device = torch.device(device) if device is not None else _first_device(encoder)
+    enc_dtype = _encoder_dtype(encoder)
+    checkpoint_every = checkpoint_every or val_every
+
+    fingerprint = encoder_fingerprint(encoder)
+    if init is not None:
+        init.check_encoder(encoder)
+    digest_before = weights_digest(encoder)
+    saved_flags = [(p, p.requires_grad) for p in encoder.parameters()]
+    was_training = encoder.training
+    encoder.requires_grad_(False)
+    encoder.eval()
+    try:
+        sample = batches.get(0)
+        channels = sample.shape[1]
+        cfg = purifier_config
+        if isinstance(cfg, dict):
+            cfg = PurifierConfig(**{"in_channels": channels, **cfg})
+        cfg = cfg or PurifierConfig(in_channels=channels)
+        if "purifier" in parts and cfg.in_channels != channels:
+            raise InputError(
+                f"purifier in_channels={cfg.in_channels} but the images have {channels} channels"
+            )
+        try:
+            with torch.no_grad():
+                feat_shape = tuple(encoder(sample[:1].to(device, enc_dtype)).shape[1:])
+        except InputError:
+            raise
+        except Exception as err:
+            raise InputError(
+                f"the encoder fails on training images of shape {tuple(sample.shape[1:])}: {err}"
+            ) from err
+
+        # ---- modules
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            # copies: training never modifies the modules of the plug-in passed as init
+            purifier = copy.deepcopy(init.purifier) if init is not None else None
+            mapper = copy.deepcopy(init.mapper) if init is not None else None
+            if "purifier" in parts and purifier is None:
+                purifier = Purifier(cfg)
+            if "mapper" in parts and mapper is None:
+                cfg_m = mapper_config
+                if isinstance(cfg_m, dict):
+                    cfg_m = MapperConfig(
+                        **{**_default_mapper_config(feat_shape).to_dict(), **cfg_m}
+                    )
+                mapper = SmoothnessMapper(cfg_m or _default_mapper_config(feat_shape))
+        modules = {p: m for p, m in (("purifier", purifier), ("mapper", mapper)) if m is not None}
+        for name, m in modules.items():
+            m.to(device=device, dtype=torch.float32)
+            m.requires_grad_(name in parts)
+            m.train(name in parts)
+        params = [p for n in parts for p in modules[n].parameters()]
+        optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+        config = {
+            "encoder_name": encoder_name(encoder),
+            "encoder_fingerprint": fingerprint,
+            "parts": list(parts),
+            "frozen_parts": [n for n in modules if n not in parts],
+            "sigmas": sigma_list,
+            "sigma_sampling": sigma_sampling,
+            "architecture": {
+                n: {"kind": type(m).kind, **m.config.to_dict()} for n, m in modules.items()
+            },
+            "loss_weights": weights.to_dict(),
+            "steps": steps,
+            "batch_size": batch_size,
+            "draws_per_image": draws_per_image,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "seed": seed,
+            "optimizer": "AdamW",
+        }
+        history: list[dict[str, Any]] = []
+        validations: list[dict[str, Any]] = []
+        start_step = 0
+        if checkpoint_dir is not None and resume:
+            loaded = load_checkpoint(checkpoint_dir)
+            if loaded is not None:
+                tensors, state = loaded
+                saved_cfg = state.get("config", {})
+                now_cfg = json.loads(json.dumps(config))
+                diff = sorted(k for k in now_cfg if k != "steps" and saved_cfg.get(k) != now_cfg[k])
+                if diff:
+                    raise InputError(
+                        f"the checkpoint in {Path(checkpoint_dir).name} was written with "
+                        f"different settings ({', '.join(diff)}); use another checkpoint_dir "
+                        "or resume=False"
+                    )
+                for name, m in modules.items():
+                    prefix = f"model.{name}."
+                    sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+                    m.load_state_dict(sd)
+                _optimizer_from_flat(optimizer, tensors, state["optimizer"])
+                start_step = int(state["step"])
+                history = state.get("history", [])
+                validations = state.get("validations", [])
+
+        score_images = val_images
+        score_label = "validation images"
+        if score_images is None and torch.is_tensor(data):
+            score_images, score_label = data[:8], "training images (first 8)"
+        before = None
+        if score_images is not None:
+            before = evaluate_plugin(
+                encoder,
+                None,
+                score_images,
+                sigma_list,
+                draws=val_draws,
+                seed=seed + 1,
+                device=device,
+            )
+
+        def current_plugin() -> Plugin:
+            return Plugin(
+                modules.get("purifier"),
+                modules.get("mapper"),
+                sigmas=sigma_list,
+                encoder_name=config["encoder_name"],
+                encoder_fingerprint=fingerprint,
+            )
+
+        def validate(step: int) -> dict[str, Any]:
+            for m in modules.values():
+                m.eval()
+            res = evaluate_plugin(
+                encoder,
+                current_plugin(),
+                val_images,
+                sigma_list,
+                draws=val_draws,
+                seed=seed + 1,
+                device=device,
+            )
+            for n, m in modules.items():
+                m.to(dtype=torch.float32).train(n in parts)
+            return {"step": step, "metrics": res}
+
+        def checkpoint(step: int) -> None:
+            if checkpoint_dir is not None:
+                save_checkpoint(
+                    checkpoint_dir,
+                    modules,
+                    optimizer,
+                    {
+                        "step": step,
+                        "config": config,
+                        "history": history,
+                        "validations": validations,
+                    },
+                )
+
+        step_times: list[float] = []
+        bar = _ProgressBar(progress, steps, start_step)
+        with bar:
+            for step in range(start_step, steps):
+                t0 = time.perf_counter()
+                metrics = _train_step(
+                    encoder,
+                    modules,
+                    parts,
+                    optimizer,
+                    batches.get(step),
+                    weights,
+                    sigma_list,
+                    sigma_sampling,
+                    draws_per_image,
+                    _step_generator(seed, step),
+                    device,
+                    enc_dtype,
+                )
+                step_times.append(time.perf_counter() - t0)
+                history.append({"step": step + 1, **metrics})
+                done = step + 1
+                if val_images is not None and val_every and (done % val_every == 0):
+                    validations.append(validate(done))
+                if checkpoint_every and done % checkpoint_every == 0 and done < steps:
+                    checkpoint(done)
+                bar.update(done, metrics, validations[-1] if validations else None)
+                if callback is not None:
+                    callback(done, metrics)
+            if val_images is not None and (not validations or validations[-1]["step"] != steps):
+                validations.append(validate(steps))
+            checkpoint(steps)
+    finally:
+        for p, flag in saved_flags:
+            p.requires_grad_(flag)
+        encoder.train(was_training)
+    if weights_digest(encoder) != digest_before:
+        raise FeatureError(
+            "the frozen encoder's weights changed during plug-in training (does it update "
+            "buffers such as batch-norm statistics in eval mode?)"
+        )
+
+    for m in modules.values():
+        m.eval().requires_grad_(False)
+    plugin = current_plugin()
+    after = None
+    if val_images is not None and validations and validations[-1]["step"] == steps:
+        after = validations[-1]["metrics"]  # the same images, seed and draws
+    elif score_images is not None:
+        after = evaluate_plugin(
+            encoder,
+            plugin,
+            score_images,
+            sigma_list,
+            draws=val_draws,
+            seed=seed + 1,
+            device=device,
+        )
+    plugin.card = {
+        "training": {
+            **config,
+            "data": data_description or _describe_data(data),
+            "steps_run_this_call": steps - start_step,
+            "resumed_from_step": start_step,
+            "seconds_this_call": time.perf_counter() - t_start,
+            "seconds_per_step": (sum(step_times) / len(step_times)) if step_times else None,
+            "steps_per_epoch": batches.steps_per_epoch,
+            "device": str(device),
+        },
+        "scores": {
+            "images": score_label,
+            "draws": val_draws,
+            "noise_seed": seed + 1,
+            "before": before,
+            "after": after,
+        },
+        "history": history,
+        "validations": validations,
+    }
+    return plugin
+
+
+def _describe_data(data: torch.Tensor | Iterable) -> str:
+    if torch.is_tensor(data):
+        return f"tensor of {data.shape[0]} images of shape {tuple(data.shape[1:])}"
+    return f"iterable {type(data).__name__}"
+
+
+def _train_step(
+    encoder: nn.Module,
+    modules: dict[str, nn.Module],
+    parts: tuple[str, ...],
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    w: L.LossWeights,
+    sigma_list: list[float],
+    sigma_sampling: str,
+    k: int,
+    gen: torch.Generator,
+    device: torch.device,
+    enc_dtype: torch.dtype,
+) -> dict[str, float]:
+    purifier, mapper = modules.get("purifier"), modules.get("mapper")
+    grad_through_encoder = "purifier" in parts
+    b = x.shape[0]
+    if sigma_sampling == "set":
+        idx = torch.randint(len(sigma_list), (b,), generator=gen)
+        sig = torch.tensor(sigma_list, dtype=torch.float32)[idx]
+    else:
+        lo, hi = sigma_list[0], sigma_list[-1]
+        sig = lo + (hi - lo) * torch.rand(b, generator=gen)
+    noise = torch.randn((b * k, *x.shape[1:]), generator=gen)
+    sig_rep = sig.repeat_interleave(k)
+    x = x.to(device)
+    sig, sig_rep = sig.to(device), sig_rep.to(device)
+    noisy = x.repeat_interleave(k, 0) + noise.to(device) * sig_rep[:, None, None, None]
+
+    def run_encoder(images: torch.Tensor) -> torch.Tensor:
+        with torch.set_grad_enabled(grad_through_encoder and torch.is_grad_enabled()):
+            return encoder(images.to(enc_dtype)).to(torch.float32)
+
+    with torch.no_grad():
+        clean_raw = encoder(x.to(enc_dtype)).to(torch.float32)
+    clean = L.unit_flat(clean_raw)
+
+    purified = purifier(noisy, sig_rep) if purifier is not None else noisy
+    z = run_encoder(purified)
+    mapped = mapper(z, sig_rep) if mapper is not None else z
+    feats = L.unit_flat(mapped).view(b, k, -1)
+
+    terms: dict[str, torch.Tensor] = {}
+    if w.clean_consistency > 0:
+        terms["clean_consistency"] = L.clean_consistency_loss(feats, clean)
+    if w.pairwise_consistency > 0 and k >= 2:
+        terms["pairwise_consistency"] = L.pairwise_consistency_loss(feats)
+    if w.utility > 0:
+        pc = purifier(x, sig) if purifier is not None else x
+        zc = run_encoder(pc)
+        mc = mapper(zc, sig) if mapper is not None else zc
+        terms["utility"] = L.utility_loss(L.unit_flat(mc), clean)
+    if w.pixel_mse > 0 and "purifier" in parts:
+        terms["pixel_mse"] = L.pixel_mse_loss(purified, x)
+    if w.stats > 0 and "mapper" in parts:
+        terms["stats"] = L.stats_loss(feats.reshape(b * k, -1), clean)
+    if w.identity > 0 and "mapper" in parts:
+        terms["identity"] = L.identity_loss(mapper, clean_raw)
+    total = sum(getattr(w, name) * val for name, val in terms.items())
+    if not torch.is_tensor(total) or not total.requires_grad:
+        raise InputError("no loss term with a positive weight depends on the trained parts")
+    if not torch.isfinite(total):
+        raise FeatureError("the plug-in loss became non-finite; lower lr or check the encoder")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    with torch.no_grad():
+        score = float(L.score_estimate(feats.detach()).mean())
+    return {
+        "loss": float(total.detach()),
+        "train_score": score,
+        **{k_: float(v.detach()) for k_, v in terms.items()},
+    }
+
+
+class _ProgressBar:
+    """A rich progress bar (or nothing when disabled)."""
+
+    def __init__(self, enabled: bool, total: int, start: int) -> None:
+        self.enabled, self.total, self.start = enabled, total, start
+        self._progress = None
+
+    def __enter__(self) -> _ProgressBar:
+        if self.enabled:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]plug-in"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[info]}"),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(
+                "train", total=self.total, completed=self.start, info=""
+            )
+        return self
+
+    def update(self, done: int, metrics: dict[str, float], val: dict | None) -> None:
+        if self._progress is None:
+            return
+        info = f"loss {metrics['loss']:.4f}  S_train {metrics['train_score']:.4f}"
+        if val is not None:
+            s = " ".join(f"{k}:{v['score']:.3f}" for k, v in val["metrics"].items())
+            info += f"  S_val[{s}]@{val['step']}"
+        self._progress.update(self._task, completed=done, info=info)
+
+    def __exit__(self, *exc) -> None:
+        if self._progress is not None:
+            self._progress.__exit__(*exc)
