@@ -1,0 +1,1019 @@
+"""Evaluation harness: clean and robust scores of vanilla, smoothed and plugged encoders.
+
+:func:`evaluate` runs, for each *setting* (a way of using the encoder) and each *attack*
+(:class:`AttackSpec`), a white-box attack on every image and scores the result:
+
+========== =============================================================================
+setting    model attacked and judged
+========== =============================================================================
+vanilla    the encoder itself, ``f(x)`` (deterministic)
+fs         Feature-space Smoothing of the encoder at ``sigma``
+fs+plugin  FS of purifier -> encoder -> mapper (``plugin.wrap``); attacks go through
+           purifier and mapper (adaptive)
+robust     a user-supplied adversarially fine-tuned encoder (FARE / TeCoA style)
+robust+fs  FS of that robust encoder
+========== =============================================================================
+
+Threat model: white-box, l2 or linf budget in pixel units of [0, 1] images, the attacker
+knows everything except the noise draws of the evaluation. Smoothed settings are random:
+they are attacked with EoT (``eot_draws`` noisy copies per gradient step through
+``SmoothedEncoder.noisy_features``, wrapped in :class:`~featsmooth.attacks.EoTObjective`)
+and judged on ``judge_draws`` *fresh* draws: the smoothed model's output is the mean of
+those unit noisy features (Monte-Carlo ``f_hat``), its prediction is the argmax of that
+mean, and ``success_rate`` is the fraction of single draws in which the attack succeeds
+(:func:`~featsmooth.attacks.judge_randomized`).
+
+Tasks (given by the arguments):
+
+* zero-shot classification: ``class_embeddings`` ``(K, D)`` and ``labels``; clean score =
+  accuracy; untargeted success = the prediction on the attacked image is wrong; targeted
+  success (``AttackSpec.target``) = the prediction is one of the target classes (e.g. the
+  "shark" classes, :func:`classes_named`).
+* image-text retrieval: ``captions`` (one per image) with a text-image encoder; the
+  captions become the classes and image ``i``'s label is caption ``i`` (recall@1).
+* feature only (none of the above): clean score 1, robust score = feature cosine; an
+  untargeted attack succeeds when the cosine drops below ``cosine_threshold``.
+
+Certificates. For smoothed settings each clean image is certified once
+(``certify_prediction`` with classes, ``certify`` without); every attack record carries the
+certified cosine (FCSB) at the attack's actual l2 radius and whether the prediction is
+certified there, and the consistency check (:mod:`featsmooth.consistency`) tests every
+attacked input against its certificate (expected violations: zero, up to the checks'
+failure probabilities).
+
+Records (one per (image, setting, attack), plus one certification record per (image,
+smoothed setting)) are appended with :class:`featsmooth.records.RunWriter` when
+``run_dir`` is given; running again resumes and skips finished keys. The returned
+:class:`EvaluationResult` holds the records and the summary table.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from featsmooth import bounds
+from featsmooth.attacks import (
+    APGD,
+    PGD,
+    EmbeddingMatch,
+    EoTObjective,
+    FeatureCosine,
+    FOAAttack,
+    MAttack,
+    ZeroShotCrossEntropy,
+)
+from featsmooth.attacks.budget import parse_eps, parse_norm
+from featsmooth.consistency import check_consistency
+from featsmooth.errors import InputError
+from featsmooth.smoothing import SmoothedEncoder
+
+SETTINGS = ("vanilla", "fs", "fs+plugin", "robust", "robust+fs")
+DEFAULT_SETTINGS = ("vanilla", "fs", "fs+plugin")
+ATTACK_NAMES = ("pgd", "apgd", "mf-ii", "m-attack", "foa")
+EMBEDDING_ATTACKS = ("mf-ii", "m-attack", "foa")
+PREDICTION_METHODS = ("margin", "fcsb", "cohen")
+
+
+# --------------------------------------------------------------------------------------
+# attack specifications
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack configuration.
+
+    Attributes:
+        name: ``pgd``, ``apgd`` (untargeted or targeted on the task objective) or the
+            targeted embedding-matching attacks ``mf-ii`` (AttackVLM), ``m-attack``,
+            ``foa`` (these need ``target_images=`` in :func:`evaluate`).
+        norm: ``l2`` or ``linf``.
+        eps: budget in pixel units (linf may be ``"k/255"``).
+        steps: gradient steps.
+        objective: ``auto`` (zero-shot cross-entropy when there are classes, else feature
+            cosine), ``ce`` or ``cosine``; ignored by the embedding-matching attacks.
+        target: targeted attack: the class index or indices whose prediction counts as
+            success (the first one is the one the cross-entropy pulls towards).
+        step_size: per-step size (default: the attack's own).
+        restarts: independent restarts (best kept).
+        label: optional name appended to the attack id.
+    """
+
+    name: str = "pgd"
+    norm: str = "l2"
+    eps: float | str = 0.5
+    steps: int = 10
+    objective: str = "auto"
+    target: int | tuple[int, ...] | None = None
+    step_size: float | str | None = None
+    restarts: int = 1
+    label: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.name not in ATTACK_NAMES:
+            raise InputError(f"unknown attack {self.name!r}; choose one of {ATTACK_NAMES}")
+        object.__setattr__(self, "norm", parse_norm(self.norm))
+        object.__setattr__(self, "eps", parse_eps(self.eps, self.norm))
+        if self.objective not in ("auto", "ce", "cosine"):
+            raise InputError(f"objective must be auto, ce or cosine, got {self.objective!r}")
+        if not isinstance(self.steps, int) or self.steps < 0:
+            raise InputError(f"steps must be an integer >= 0, got {self.steps!r}")
+        if self.target is not None:
+            t = (self.target,) if isinstance(self.target, (int, np.integer)) else self.target
+            object.__setattr__(self, "target", tuple(int(v) for v in t))
+            if not self.target:
+                raise InputError("target must name at least one class")
+
+    @property
+    def targeted(self) -> bool:
+        return self.target is not None or self.name in EMBEDDING_ATTACKS
+
+    @property
+    def attack_id(self) -> str:
+        """Stable identifier used in record keys, e.g. ``pgd-l2-0.5-s10``."""
+        eps = f"{self.eps * 255:g}/255" if self.norm == "linf" else f"{self.eps:g}"
+        text = f"{self.name}-{self.norm}-{eps}-s{self.steps}"
+        if self.objective != "auto":
+            text += f"-{self.objective}"
+        if self.target is not None:
+            text += "-t" + "+".join(str(t) for t in self.target)
+        if self.restarts != 1:
+            text += f"-r{self.restarts}"
+        return text + (f"-{self.label}" if self.label else "")
+
+
+def parse_attack(spec: str | dict[str, Any] | AttackSpec) -> AttackSpec:
+    """An :class:`AttackSpec` from itself, a dict of its fields, or a string
+    ``"name:norm:eps[:key=value...]"`` such as ``"pgd:l2:0.5:steps=20"`` or
+    ``"mf-ii:linf:16/255:steps=300:step_size=1/255:target=2"``."""
+    if isinstance(spec, AttackSpec):
+        return spec
+    if isinstance(spec, dict):
+        return AttackSpec(**spec)
+    if not isinstance(spec, str) or not spec.strip():
+        raise InputError(f"cannot read an attack from {spec!r}")
+    parts = spec.strip().split(":")
+    fields: dict[str, Any] = {"name": parts[0]}
+    positional = ("norm", "eps")
+    for i, part in enumerate(parts[1:]):
+        if "=" in part:
+            k, v = part.split("=", 1)
+            fields[k.strip()] = v.strip()
+        elif i < len(positional):
+            fields[positional[i]] = part
+        else:
+            raise InputError(f"cannot read attack field {part!r} in {spec!r}")
+    for k in ("steps", "restarts"):
+        if k in fields:
+            fields[k] = int(fields[k])
+    if "target" in fields and isinstance(fields["target"], str):
+        fields["target"] = tuple(int(v) for v in re.split(r"[+,]", fields["target"]) if v)
+    if isinstance(fields.get("eps"), str) and "/" not in fields["eps"]:
+        fields["eps"] = float(fields["eps"])
+    unknown = set(fields) - set(AttackSpec.__dataclass_fields__)
+    if unknown:
+        raise InputError(f"unknown attack field(s) {sorted(unknown)} in {spec!r}")
+    return AttackSpec(**fields)
+
+
+def classes_named(class_names: Sequence[str], word: str) -> tuple[int, ...]:
+    """Indices of the classes whose name contains ``word`` as a whole word (case-insensitive),
+    e.g. ``classes_named(imagenet_classes(), "shark") == (2, 3, 4)``."""
+    pattern = re.compile(rf"\b{re.escape(word.strip().lower())}\b")
+    found = tuple(i for i, n in enumerate(class_names) if pattern.search(n.lower()))
+    if not found:
+        raise InputError(f"no class name contains {word!r}")
+    return found
+
+
+def paper_protocol(
+    target: int | Sequence[int],
+    *,
+    attacks: Sequence[str] = EMBEDDING_ATTACKS,
+    eps: str | float = "16/255",
+    steps: int = 300,
+    step_size: str | float = "1/255",
+) -> list[AttackSpec]:
+    """The source paper's targeted protocol: embedding matching toward a target image
+    (MF-ii / M-Attack / FOA-Attack), linf 16/255, 300 steps of 1/255; success = the
+    zero-shot prediction is one of ``target`` (e.g. ``classes_named(names, "shark")``).
+    Pass the target image to :func:`evaluate` as ``target_images=``."""
+    tgt = (int(target),) if isinstance(target, (int, np.integer)) else tuple(target)
+    return [
+        AttackSpec(name, "linf", eps, steps, target=tgt, step_size=step_size) for name in attacks
+    ]
+
+
+def evaluate_paper_protocol(
+    encoder: Any,
+    images: torch.Tensor,
+    target_image: torch.Tensor,
+    class_embeddings: torch.Tensor,
+    target: int | Sequence[int],
+    *,
+    attacks: Sequence[str] = EMBEDDING_ATTACKS,
+    steps: int = 300,
+    eps: str | float = "16/255",
+    step_size: str | float = "1/255",
+    **kwargs: Any,
+) -> EvaluationResult:
+    """The source paper's evaluation: targeted embedding matching toward ``target_image``
+    (``(1, C, H, W)`` or one per image) with each of ``attacks`` at linf ``eps`` for
+    ``steps`` steps; an attack succeeds when the zero-shot prediction (smoothed settings:
+    of the Monte-Carlo smoothed feature on fresh draws) is one of ``target``, e.g.
+    ``classes_named(imagenet_classes(), "shark")``. Other keyword arguments go to
+    :func:`evaluate` (settings, plugin, sigma, eot_draws, judge_draws, run_dir, ...)."""
+    specs = paper_protocol(target, attacks=attacks, eps=eps, steps=steps, step_size=step_size)
+    return evaluate(
+        encoder,
+        images,
+        kwargs.pop("labels", None),
+        class_embeddings=class_embeddings,
+        attacks=specs,
+        target_images=target_image,
+        **kwargs,
+    )
+
+
+DEFAULT_ATTACKS = (
+    AttackSpec("pgd", "l2", 0.5, 10),
+    AttackSpec("pgd", "linf", "4/255", 10),
+)
+
+
+# --------------------------------------------------------------------------------------
+# settings
+
+
+@dataclass
+class _Setting:
+    name: str
+    model: SmoothedEncoder  # .features for vanilla settings, noisy draws for smoothed ones
+    smoothed: bool
+
+
+def _build_settings(
+    encoder: Any,
+    settings: Sequence[str],
+    plugin: Any,
+    robust_encoder: Any,
+    sigma: float,
+    device: Any,
+    batch_size: int,
+    center: Any,
+) -> tuple[list[_Setting], dict[str, str]]:
+    built: list[_Setting] = []
+    skipped: dict[str, str] = {}
+    for name in settings:
+        if name not in SETTINGS:
+            raise InputError(f"unknown setting {name!r}; choose from {SETTINGS}")
+        base = robust_encoder if name.startswith("robust") else encoder
+        if name.startswith("robust") and robust_encoder is None:
+            skipped[name] = "no robust_encoder given"
+            continue
+        if name == "fs+plugin" and plugin is None:
+            skipped[name] = "no plug-in given"
+            continue
+        sm = SmoothedEncoder(
+            base,
+            sigma,
+            device=device,
+            batch_size=batch_size,
+            center=center,
+            plugin=plugin if name == "fs+plugin" else None,
+        )
+        sm.encoder.eval()
+        built.append(_Setting(name, sm, smoothed=name not in ("vanilla", "robust")))
+    return built, skipped
+
+
+# --------------------------------------------------------------------------------------
+# helpers
+
+
+def _labels(labels: Any, b: int) -> tuple[list[int | None], list[frozenset[int]]]:
+    """Primary label and acceptable set per image (a list/tuple: its first item is primary)."""
+    if labels is None:
+        return [None] * b, [frozenset()] * b
+    items = labels.tolist() if isinstance(labels, torch.Tensor) else list(labels)
+    if len(items) != b:
+        raise InputError(f"got {len(items)} labels for {b} images")
+    primary, sets = [], []
+    for item in items:
+        if item is None:
+            primary.append(None)
+            sets.append(frozenset())
+        elif isinstance(item, (int, np.integer)):
+            primary.append(int(item))
+            sets.append(frozenset({int(item)}))
+        else:
+            vals = [int(v) for v in (sorted(item) if isinstance(item, (set, frozenset)) else item)]
+            primary.append(vals[0] if vals else None)
+            sets.append(frozenset(vals))
+    return primary, sets
+
+
+def _unit(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.flatten(1).double(), dim=1)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
+    return (_unit(a) * _unit(b)).sum(1).cpu().numpy()
+
+
+def _nan(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _stable(text: str) -> int:
+    """A seed from a string, the same in every process (unlike ``hash``)."""
+    return zlib.crc32(text.encode("utf-8"))
+
+
+def _seed(*parts: Any) -> int:
+    return _stable("/".join(str(p) for p in parts))
+
+
+def _noisy(sm: SmoothedEncoder, x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
+    """``(B, k, D)`` float64 unit noisy features with a seeded generator, no gradient."""
+    gen = torch.Generator(device=sm.device).manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for i in range(x.shape[0]):
+            done, parts = 0, []
+            while done < k:
+                m = min(k - done, sm.batch_size)
+                parts.append(sm.noisy_features(x[i : i + 1], m, generator=gen)[0].double())
+                done += m
+            out.append(torch.cat(parts))
+    return torch.stack(out)
+
+
+@dataclass
+class _Output:
+    """What a setting outputs on a batch: features (B, D) float64 and predictions."""
+
+    features: torch.Tensor
+    predictions: np.ndarray | None
+    draw_predictions: np.ndarray | None = None  # (B, k) for smoothed settings
+    draw_features: torch.Tensor | None = None  # (B, k, D)
+
+
+def _outputs(
+    setting: _Setting, x: torch.Tensor, classes: torch.Tensor | None, draws: int, seed: int
+) -> _Output:
+    sm = setting.model
+    if not setting.smoothed:
+        with torch.no_grad():
+            feats = sm.features(x).double()
+        preds = None if classes is None else (feats @ classes.T).argmax(1).cpu().numpy()
+        return _Output(feats, preds)
+    noisy = _noisy(sm, x, draws, seed)
+    mean = noisy.mean(1)
+    if classes is None:
+        return _Output(mean, None, None, noisy)
+    preds = (mean @ classes.T).argmax(1).cpu().numpy()
+    draw_preds = (noisy @ classes.T).argmax(2).cpu().numpy()
+    return _Output(mean, preds, draw_preds, noisy)
+
+
+# --------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class EvaluationResult:
+    """What :func:`evaluate` returns.
+
+    Attributes:
+        summary: one row per (setting, attack): ``setting``, ``attack``, ``attack_id``,
+            ``norm``, ``eps``, ``steps``, ``targeted``, ``images``, ``clean_score``
+            (accuracy, or 1 for feature-only tasks), ``robust_score`` (accuracy under
+            attack; feature-only: mean adversarial cosine), ``asr`` (fraction of images
+            on which the attack succeeded; untargeted zero-shot: misclassified after the
+            attack, images already wrong when clean included), ``success_rate``
+            (mean fraction of fresh draws the attack fools; = asr for vanilla),
+            ``adv_cosine``, ``l2_distance`` (mean l2 norm of the perturbations; an linf
+            budget's l2 radius grows with the image size), ``certified_cosine`` (mean FCSB at the attack's l2 radius, 0
+            where no certificate), ``certified_accuracy`` (margin certificate at that
+            radius), ``consistency_checked``, ``consistency_violations``.
+        certified: one row per (smoothed setting, radius): ``fcsb`` (mean, 0 = none),
+            ``certified_fraction`` and ``certified_accuracy_<method>`` for the three
+            prediction certificates.
+        records: every record of the run (resumed ones included).
+        skipped: settings not run, with the reason.
+        run_dir: the run folder (``None`` if records were not written).
+    """
+
+    summary: list[dict[str, Any]]
+    certified: list[dict[str, Any]]
+    records: list[dict[str, Any]]
+    skipped: dict[str, str] = field(default_factory=dict)
+    run_dir: str | None = None
+
+    @property
+    def violations(self) -> int:
+        return int(sum(r.get("consistency_violations") or 0 for r in self.summary))
+
+
+def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The per-(setting, attack) summary table of attack records (see EvaluationResult)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("attack") is None:
+            continue
+        groups.setdefault((str(r.get("setting")), str(r.get("attack_id"))), []).append(r)
+
+    def mean(items: list[dict[str, Any]], name: str, nan_as: float | None = None) -> float | None:
+        vals = []
+        for it in items:
+            v = it.get(name)
+            if v is None:
+                if nan_as is None:
+                    continue
+                v = nan_as
+            vals.append(float(v))
+        return float(np.mean(vals)) if vals else None
+
+    order = {s: i for i, s in enumerate(SETTINGS)}
+    rows = []
+    for (setting, attack_id), items in sorted(
+        groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99), kv[0][0])
+    ):
+        first = items[0]
+        checked = [it for it in items if it.get("consistency_checked")]
+        rows.append(
+            {
+                "setting": setting,
+                "attack": first.get("attack"),
+                "attack_id": attack_id,
+                "norm": first.get("norm"),
+                "eps": first.get("eps"),
+                "steps": first.get("steps"),
+                "targeted": first.get("targeted"),
+                "images": len(items),
+                "clean_score": mean(items, "clean_score"),
+                "robust_score": mean(items, "robust_score"),
+                "asr": mean(items, "success"),
+                "success_rate": mean(items, "success_rate"),
+                "adv_cosine": mean(items, "adv_cosine"),
+                "l2_distance": mean(items, "l2_distance"),
+                "certified_cosine": mean(items, "certified_cosine", nan_as=0.0)
+                if any("certified_cosine" in it for it in items)
+                else None,
+                "certified_accuracy": mean(items, "certified_margin")
+                if any("certified_margin" in it for it in items)
+                else None,
+                "consistency_checked": len(checked),
+                "consistency_violations": sum(
+                    1 for it in checked if it.get("consistency_violation")
+                ),
+            }
+        )
+    return rows
+
+
+def certified_table(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Certified cosine and certified accuracy vs radius per smoothed setting, from the
+    certification records (``kind == "certificate"``)."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for r in records:
+        if r.get("kind") == "certificate":
+            groups.setdefault(str(r.get("setting")), []).append(r)
+    rows = []
+    for setting, items in groups.items():
+        radii = items[0].get("radii") or []
+        for j, radius in enumerate(radii):
+            fc = [it["fcsb"][j] for it in items if it.get("fcsb") is not None]
+            row: dict[str, Any] = {
+                "setting": setting,
+                "radius": radius,
+                "images": len(items),
+                "fcsb": float(np.mean([0.0 if v is None else v for v in fc])) if fc else None,
+                "certified_fraction": float(np.mean([v is not None for v in fc])) if fc else None,
+            }
+            for m in PREDICTION_METHODS:
+                key = f"certified_{m}"
+                vals = [it[key][j] for it in items if it.get(key) is not None]
+                row[f"certified_accuracy_{m}"] = float(np.mean(vals)) if vals else None
+            rows.append(row)
+    return rows
+
+
+# --------------------------------------------------------------------------------------
+# the harness
+
+
+def _make_attack(
+    spec: AttackSpec,
+    setting: _Setting,
+    classes: torch.Tensor | None,
+    eot_draws: int,
+    seed: int,
+) -> tuple[Any, Callable[[torch.Tensor, dict[str, Any]], dict[str, Any]]]:
+    """The attack object and a function building its call targets for a batch."""
+    sm = setting.model
+    kwargs: dict[str, Any] = {"seed": seed, "restarts": spec.restarts}
+    if spec.step_size is not None:
+        kwargs["step_size"] = spec.step_size
+    if spec.name in EMBEDDING_ATTACKS:
+        cls = {"mf-ii": EmbeddingMatch, "m-attack": MAttack, "foa": FOAAttack}[spec.name]
+        fn = (
+            (lambda x: sm.noisy_features(x, eot_draws).mean(1)) if setting.smoothed else sm.features
+        )
+        attack = cls(fn, norm=spec.norm, eps=spec.eps, steps=spec.steps, **kwargs)
+
+        def targets(x: torch.Tensor, info: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "target_features": info["target_features"],
+                "target_images": info["target_images"],
+            }
+
+        return attack, targets
+    kind = spec.objective
+    if kind == "auto":
+        kind = "ce" if classes is not None else "cosine"
+    if kind == "ce":
+        if classes is None:
+            raise InputError("the cross-entropy objective needs class embeddings or captions")
+        inner = ZeroShotCrossEntropy(classes.float(), targeted=spec.target is not None)
+    else:
+        if spec.target is not None:
+            raise InputError("a targeted feature-cosine attack needs an embedding attack")
+        inner = FeatureCosine()
+    if setting.smoothed:
+        model_fn: Callable[[torch.Tensor], torch.Tensor] = lambda x: sm.noisy_features(  # noqa: E731
+            x, eot_draws
+        )
+        objective: Any = EoTObjective(inner)
+    else:
+        model_fn, objective = sm.features, inner
+    cls = PGD if spec.name == "pgd" else APGD
+    attack = cls(model_fn, objective, spec.norm, spec.eps, spec.steps, **kwargs)
+
+    def targets(x: torch.Tensor, info: dict[str, Any]) -> dict[str, Any]:
+        if kind != "ce":
+            return {}
+        if spec.target is not None:
+            labels = [spec.target[0]] * x.shape[0]
+        else:
+            labels = info["primary"]
+            if any(v is None for v in labels):
+                raise InputError("an untargeted cross-entropy attack needs a label per image")
+        return {"labels": torch.as_tensor(labels, dtype=torch.long)}
+
+    return attack, targets
+
+
+def _settings_dict(**kw: Any) -> dict[str, Any]:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def evaluate(
+    encoder: Any,
+    images: torch.Tensor,
+    labels: Sequence[Any] | torch.Tensor | None = None,
+    *,
+    class_embeddings: torch.Tensor | None = None,
+    captions: Sequence[str] | None = None,
+    settings: Sequence[str] = DEFAULT_SETTINGS,
+    plugin: Any = None,
+    robust_encoder: Any = None,
+    sigma: float = 0.25,
+    attacks: Sequence[AttackSpec | str | dict[str, Any]] = DEFAULT_ATTACKS,
+    target_images: torch.Tensor | None = None,
+    eot_draws: int = 8,
+    judge_draws: int = 32,
+    n0: int = 64,
+    n: int = 1000,
+    alpha: float = 0.001,
+    method: str = bounds.DEFAULT_METHOD,
+    radii: Sequence[float] = (0.0, 0.25, 0.5, 1.0),
+    consistency_draws: int = 256,
+    consistency_alpha: float = 0.001,
+    cosine_threshold: float = 0.5,
+    names: Sequence[str] | None = None,
+    run_dir: str | Path | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    batch_size: int = 4,
+    sample_batch_size: int = 64,
+    center: Any = None,
+    progress: bool | Callable[[str], None] = False,
+    extra_settings: dict[str, Any] | None = None,
+) -> EvaluationResult:
+    """Attack and score an encoder under several settings (see the module docstring).
+
+    Args:
+        encoder: image encoder (pixel units in, features out); for captions, a text-image
+            encoder (``encode_text``).
+        images: ``(B, C, H, W)`` in [0, 1].
+        labels: per image a class index, a list of acceptable indices (first = primary)
+            or None; required for untargeted zero-shot attacks.
+        class_embeddings: ``(K, D)`` class text embeddings (zero-shot task).
+        captions: one caption per image (retrieval task; mutually exclusive with classes).
+        settings: any of :data:`SETTINGS`; unavailable ones are skipped and reported.
+        plugin: a plug-in (``.wrap(encoder, sigma)``) for ``fs+plugin``.
+        robust_encoder: an adversarially fine-tuned encoder for ``robust`` / ``robust+fs``.
+        sigma: smoothing noise level (pixel units).
+        attacks: :class:`AttackSpec` objects, dicts or strings (:func:`parse_attack`).
+        target_images: ``(1 or B, C, H, W)`` target image(s) of embedding-matching attacks.
+        eot_draws: noise draws per gradient step on smoothed settings.
+        judge_draws: fresh draws that judge a smoothed setting's output.
+        n0, n, alpha, method: certification settings of the smoothed settings.
+        radii: l2 radii of the certified-cosine / certified-accuracy table.
+        consistency_draws, consistency_alpha: draws and level of the consistency check.
+        cosine_threshold: feature-only tasks: an attack succeeds below this cosine.
+        names: record names of the images (default ``img0``, ``img1``, ...).
+        run_dir: run folder for resumable records (``None``: keep in memory only).
+        seed: seeds attacks, judging, certification and checks.
+        device: where models run (default: the encoder's device).
+        batch_size: images per attack call.
+        sample_batch_size: noisy images per forward pass when sampling.
+        center: optional feature centre (see SmoothedEncoder).
+        progress: ``True`` prints one line per step; a callable receives those lines.
+        extra_settings: more values saved in the run's settings (e.g. a bench's flags).
+
+    Returns:
+        :class:`EvaluationResult`.
+    """
+    say = progress if callable(progress) else (print if progress else (lambda _m: None))
+    if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[0] == 0:
+        raise InputError("images must be a non-empty (B, C, H, W) tensor in [0, 1]")
+    b = images.shape[0]
+    names = [f"img{i}" for i in range(b)] if names is None else [str(v) for v in names]
+    if len(names) != b or len(set(names)) != b:
+        raise InputError("names must be unique, one per image")
+    if captions is not None and class_embeddings is not None:
+        raise InputError("give class_embeddings (zero-shot) or captions (retrieval), not both")
+    if captions is not None:
+        if len(captions) != b:
+            raise InputError(f"got {len(captions)} captions for {b} images")
+        from featsmooth.tasks.zero_shot import _text_encoder
+
+        with torch.no_grad():
+            class_embeddings = _text_encoder(encoder).encode_text(list(captions)).float()
+        labels = list(range(b))
+    for name, value in (("eot_draws", eot_draws), ("judge_draws", judge_draws)):
+        if not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value!r}")
+    primary, acceptable = _labels(labels, b)
+    specs = [parse_attack(a) for a in attacks]
+    ids = [s.attack_id for s in specs]
+    if len(set(ids)) != len(ids):
+        raise InputError(f"attack ids must be unique, got {ids}")
+    if any(s.name in EMBEDDING_ATTACKS for s in specs) and target_images is None:
+        raise InputError("embedding-matching attacks need target_images=")
+    if any(s.target is not None for s in specs) and class_embeddings is None:
+        raise InputError("targeted attacks judge success by class: give class_embeddings")
+    radii_arr = bounds.as_radii(list(radii))
+    built, skipped = _build_settings(
+        encoder, settings, plugin, robust_encoder, sigma, device, sample_batch_size, center
+    )
+    for name, reason in skipped.items():
+        warnings.warn(f"setting {name!r} not run: {reason}", stacklevel=2)
+    if not built:
+        raise InputError("no setting can run (see the warnings)")
+    dev = built[0].model.device
+    x_all = images.detach().to(dev, torch.float32)
+    classes = None
+    if class_embeddings is not None:
+        classes = F.normalize(torch.as_tensor(class_embeddings).double().to(dev), dim=1)
+
+    run_settings = _settings_dict(
+        command="evaluate",
+        model=str(getattr(encoder, "name", type(encoder).__name__)),
+        settings=[s.name for s in built],
+        skipped=skipped,
+        sigma=sigma,
+        attacks=[asdict(s) for s in specs],
+        eot_draws=eot_draws,
+        judge_draws=judge_draws,
+        n0=n0,
+        n=n,
+        alpha=alpha,
+        method=method,
+        radii=radii_arr.tolist(),
+        consistency_draws=consistency_draws,
+        consistency_alpha=consistency_alpha,
+        cosine_threshold=cosine_threshold,
+        task="zero-shot"
+        if class_embeddings is not None and captions is None
+        else ("retrieval" if captions is not None else "features"),
+        images=names,
+        seed=seed,
+        plugin=getattr(plugin, "card", None) if plugin is not None else None,
+        robust_encoder=str(getattr(robust_encoder, "name", "given")) if robust_encoder else None,
+        device=str(dev),
+        batch_size=batch_size,
+        **(extra_settings or {}),
+    )
+    writer = None
+    if run_dir is not None:
+        from featsmooth.records import RunWriter
+
+        writer = RunWriter(run_dir, run_settings).open()
+    memory: list[dict[str, Any]] = list(writer.records) if writer is not None else []
+    done = {tuple(r["key"]) for r in memory if isinstance(r.get("key"), list)}
+
+    def write(record: dict[str, Any]) -> None:
+        if writer is not None:
+            stored = writer.write(record)
+            memory.append(stored)
+        else:
+            from featsmooth.records import to_jsonable
+
+            memory.append(to_jsonable(record))
+        done.add(tuple(record["key"]))
+
+    try:
+        for setting in built:
+            _run_setting(
+                setting, specs, x_all, names, primary, acceptable, classes, target_images,
+                eot_draws=eot_draws, judge_draws=judge_draws, n0=n0, n=n, alpha=alpha,
+                method=method, radii=radii_arr, consistency_draws=consistency_draws,
+                consistency_alpha=consistency_alpha, cosine_threshold=cosine_threshold,
+                seed=seed, batch_size=batch_size, done=done, write=write, say=say,
+                run_dir=run_dir,
+            )  # fmt: skip
+    finally:
+        if writer is not None:
+            writer.close()
+    return EvaluationResult(
+        summary=summarize(memory),
+        certified=certified_table(memory),
+        records=memory,
+        skipped=skipped,
+        run_dir=None if run_dir is None else str(run_dir),
+    )
+
+
+def _run_setting(
+    setting: _Setting,
+    specs: list[AttackSpec],
+    x_all: torch.Tensor,
+    names: list[str],
+    primary: list[int | None],
+    acceptable: list[frozenset[int]],
+    classes: torch.Tensor | None,
+    target_images: torch.Tensor | None,
+    *,
+    eot_draws: int,
+    judge_draws: int,
+    n0: int,
+    n: int,
+    alpha: float,
+    method: str,
+    radii: np.ndarray,
+    consistency_draws: int,
+    consistency_alpha: float,
+    cosine_threshold: float,
+    seed: int,
+    batch_size: int,
+    done: set[tuple[Any, ...]],
+    write: Callable[[dict[str, Any]], None],
+    say: Callable[[str], None],
+    run_dir: Any,
+) -> None:
+    sm = setting.model
+    b = x_all.shape[0]
+
+    def key(i: int, what: str) -> tuple[str, str, str]:
+        return (names[i], setting.name, what)
+
+    needed = [
+        i
+        for i in range(b)
+        if any(key(i, s.attack_id) not in done for s in specs)
+        or (setting.smoothed and key(i, "certificate") not in done)
+    ]
+    if not needed:
+        say(f"[{setting.name}] all records present, skipped")
+        return
+    x = x_all[needed]
+    t0 = time.perf_counter()
+    # clean outputs (fresh draws for smoothed settings; seeded per image)
+    clean = _outputs(setting, x, classes, judge_draws, _seed(seed, "clean", setting.name))
+    certs: list[Any] = [None] * len(needed)
+    if setting.smoothed:
+        image_seeds = [_stable(f"{seed}/{names[i]}/certify") for i in needed]
+        if classes is not None:
+            certs = sm.certify_prediction(
+                x, classes, n0=n0, n=n, alpha=alpha, method=method, seed=image_seeds
+            )
+        else:
+            certs = sm.certify(x, n0=n0, n=n, alpha=alpha, method=method, seed=image_seeds)
+        for j, i in enumerate(needed):
+            if key(i, "certificate") in done:
+                continue
+            write(_certificate_record(key(i, "certificate"), names[i], setting, certs[j],
+                                      primary[i], acceptable[i], radii))  # fmt: skip
+        say(f"[{setting.name}] certified {len(needed)} images ({time.perf_counter() - t0:.1f}s)")
+    target_feats = tgt = None
+    if target_images is not None and any(s.name in EMBEDDING_ATTACKS for s in specs):
+        tgt = target_images.detach().to(x.device, torch.float32)
+        tgt = tgt if tgt.ndim == 4 else tgt.unsqueeze(0)
+        target_feats = _outputs(setting, tgt, None, judge_draws, _seed(seed, "target")).features
+    for spec in specs:
+        todo = [j for j, i in enumerate(needed) if key(i, spec.attack_id) not in done]
+        for start in range(0, len(todo), batch_size):
+            rows = todo[start : start + batch_size]
+            t1 = time.perf_counter()
+            attack_seed = _stable(
+                f"{seed}/{setting.name}/{spec.attack_id}/{names[needed[rows[0]]]}"
+            )
+            attack, make_targets = _make_attack(spec, setting, classes, eot_draws, attack_seed)
+            xb = x[rows]
+            info: dict[str, Any] = {"primary": [primary[needed[j]] for j in rows]}
+            if target_feats is not None:
+                tf = target_feats.float()
+                info["target_features"] = tf if tf.shape[0] == 1 else tf[rows]
+                info["target_images"] = tgt if tgt.shape[0] == 1 else tgt[rows]
+            with warnings.catch_warnings():
+                # SmoothedEncoder.features checks the range of its (grad-carrying) input
+                warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
+                result = attack(xb, **make_targets(xb, info))
+            adv = result.adv_images.detach()
+            adv_out = _outputs(setting, adv, classes, judge_draws,
+                               _seed(seed, "judge", setting.name, spec.attack_id))  # fmt: skip
+            consistency = None
+            if setting.smoothed:
+                consistency = check_consistency(
+                    sm, xb, adv, [certs[j] for j in rows], n=consistency_draws,
+                    alpha=consistency_alpha, method=method,
+                    seed=_stable(f"{seed}/{setting.name}/{spec.attack_id}/check"),
+                    run_dir=run_dir, keys=["/".join(key(needed[j], spec.attack_id)) for j in rows],
+                    clean_smoothed=clean.features[rows],
+                )  # fmt: skip
+            seconds = (time.perf_counter() - t1) / len(rows)
+            for r, j in enumerate(rows):
+                i = needed[j]
+                write(
+                    _attack_record(
+                        key(i, spec.attack_id), names[i], setting, spec, j, r, xb, adv, result,
+                        clean, adv_out, classes, primary[i], acceptable[i], certs[j],
+                        None if consistency is None else consistency[r], eot_draws, judge_draws,
+                        cosine_threshold, target_feats, seconds,
+                    )
+                )  # fmt: skip
+            say(
+                f"[{setting.name}] {spec.attack_id}: {len(rows)} images "
+                f"({time.perf_counter() - t1:.1f}s)"
+            )
+
+
+def _certificate_record(
+    key: tuple[str, ...],
+    name: str,
+    setting: _Setting,
+    cert: Any,
+    primary: int | None,
+    acceptable: frozenset[int],
+    radii: np.ndarray,
+) -> dict[str, Any]:
+    feat = getattr(cert, "features", None) or cert
+    record: dict[str, Any] = {
+        "key": list(key),
+        "kind": "certificate",
+        "image": name,
+        "setting": setting.name,
+        "model": str(getattr(setting.model.encoder, "name", "")),
+        **feat.to_dict(),
+        "radii": radii.tolist(),
+        "fcsb": [_nan(float(v)) for v in feat.fcsb(radii)],
+        "fcsb_clean": [_nan(float(v)) for v in feat.fcsb(radii, "clean")],
+    }
+    if hasattr(cert, "prediction"):
+        record.update({k: v for k, v in cert.to_dict().items() if k not in record or k in (
+            "prediction", "clean_prediction", "n_used")})  # fmt: skip
+        record["label"] = primary
+        record["acceptable"] = sorted(acceptable)
+        for m in PREDICTION_METHODS:
+            record[f"certified_{m}"] = [
+                bool(acceptable) and cert.certified(float(r), m) and cert.predicted(m) in acceptable
+                for r in radii
+            ]
+    return record
+
+
+def _attack_record(
+    key: tuple[str, ...],
+    name: str,
+    setting: _Setting,
+    spec: AttackSpec,
+    j: int,
+    r: int,
+    xb: torch.Tensor,
+    adv: torch.Tensor,
+    result: Any,
+    clean: _Output,
+    adv_out: _Output,
+    classes: torch.Tensor | None,
+    primary: int | None,
+    acceptable: frozenset[int],
+    cert: Any,
+    consistency: Any,
+    eot_draws: int,
+    judge_draws: int,
+    cosine_threshold: float,
+    target_feats: torch.Tensor | None,
+    seconds: float,
+) -> dict[str, Any]:
+    delta = (adv[r].double() - xb[r].double()).flatten()
+    l2 = float(delta.norm())
+    cos = float(_cosine(clean.features[j : j + 1], adv_out.features[r : r + 1])[0])
+    record: dict[str, Any] = {
+        "key": list(key),
+        "kind": "attack",
+        "image": name,
+        "setting": setting.name,
+        "model": str(getattr(setting.model.encoder, "name", "")),
+        "attack": spec.name,
+        "attack_id": spec.attack_id,
+        "norm": spec.norm,
+        "eps": spec.eps,
+        "steps": spec.steps,
+        "targeted": spec.targeted,
+        "target": list(spec.target) if spec.target is not None else None,
+        "l2_distance": l2,
+        "linf_distance": float(delta.abs().max()),
+        "objective": float(result.objective[r]),
+        "clean_objective": float(result.clean_objective[r]),
+        "adv_cosine": cos,
+        "seconds": seconds,
+    }
+    if setting.smoothed:
+        record.update(sigma=float(setting.model.sigma), eot_draws=eot_draws,
+                      judge_draws=judge_draws)  # fmt: skip
+        record["adv_cosine_clean"] = float(
+            _cosine(setting.model.features(xb[r : r + 1]).detach(), adv_out.features[r : r + 1])[0]
+        )
+    success_draws = None
+    if classes is not None:
+        clean_pred = int(clean.predictions[j])
+        adv_pred = int(adv_out.predictions[r])
+        hits = set(spec.target) if spec.target is not None else None
+        if hits is not None:
+            success = adv_pred in hits
+            if adv_out.draw_predictions is not None:
+                success_draws = float(np.isin(adv_out.draw_predictions[r], list(hits)).mean())
+        elif acceptable:
+            success = adv_pred not in acceptable
+            if adv_out.draw_predictions is not None:
+                success_draws = float(
+                    (~np.isin(adv_out.draw_predictions[r], list(acceptable))).mean()
+                )
+        else:
+            success = adv_pred != clean_pred
+            if adv_out.draw_predictions is not None:
+                success_draws = float((adv_out.draw_predictions[r] != clean_pred).mean())
+        record.update(
+            label=primary,
+            acceptable=sorted(acceptable),
+            clean_prediction=clean_pred,
+            adv_prediction=adv_pred,
+            changed=adv_pred != clean_pred,
+            clean_score=float(clean_pred in acceptable) if acceptable else None,
+            robust_score=float(adv_pred in acceptable) if acceptable else None,
+        )
+    elif target_feats is not None and spec.name in EMBEDDING_ATTACKS:
+        tf = target_feats[0:1] if target_feats.shape[0] == 1 else target_feats[j : j + 1]
+        to_target = float(_cosine(tf, adv_out.features[r : r + 1])[0])
+        success = to_target > cos
+        record.update(target_cosine=to_target, clean_score=1.0, robust_score=cos)
+    else:
+        success = cos < cosine_threshold
+        if adv_out.draw_features is not None:
+            per_draw = _unit(adv_out.draw_features[r]) @ _unit(clean.features[j : j + 1]).T
+            success_draws = float((per_draw.flatten() < cosine_threshold).double().mean())
+        record.update(clean_score=1.0, robust_score=cos)
+    record["success"] = bool(success)
+    record["success_rate"] = success_draws if setting.smoothed else float(success)
+    if cert is not None:
+        feat = getattr(cert, "features", None) or cert
+        record["certified_cosine"] = _nan(float(feat.fcsb(l2)))
+        record["certified_cosine_clean"] = _nan(float(feat.fcsb(l2, "clean")))
+        record["score_lower"] = feat.score_lower
+        if hasattr(cert, "prediction"):
+            for m in PREDICTION_METHODS:
+                record[f"certified_{m}"] = bool(
+                    acceptable and cert.certified(l2, m) and cert.predicted(m) in acceptable
+                )
+    if consistency is not None:
+        record.update(consistency.to_dict())
+        record["consistency_checked"] = not (
+            math.isnan(consistency.certified_bound)
+            and math.isnan(consistency.clean_certified_bound)
+        )
+    return record
