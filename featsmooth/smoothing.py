@@ -218,14 +218,14 @@ class SmoothedEncoder:
                     pending.pop(0)
                 else:
                     pending[0] = (i, c - take)
-            noisy = torch.cat(
-                [
-                    images[i].unsqueeze(0)
-                    + self.sigma
-                    * torch.randn((k, *shape), generator=generators[i], device=self.device)
-                    for i, k in pieces
-                ]
-            )
+            # one buffer per forward pass, filled in place: no per-piece allocations
+            noisy = torch.empty((sum(k for _, k in pieces), *shape), device=self.device)
+            start = 0
+            for i, k in pieces:
+                part = noisy[start : start + k]
+                torch.randn((k, *shape), generator=generators[i], device=self.device, out=part)
+                part.mul_(self.sigma).add_(images[i])
+                start += k
             feats = self._forward(noisy, torch.float64)
             start = 0
             for i, k in pieces:
@@ -349,8 +349,9 @@ class SmoothedEncoder:
         stop_reason = ["max_samples"] * b
         # In sequential mode, sample in rounds and test the stopping rules between rounds.
         # Rounds grow by a quarter of the samples so far: the stopping tests cost O(n log n)
-        # and stop at most ~25% later than a test after every sample would.
-        chunk = max(32, batch_size // b) if sequential else n
+        # and stop at most ~25% later than a test after every sample would. The round size
+        # does not depend on batch_size, so neither do sequential results.
+        chunk = 32 if sequential else n
         while active.any():
             wants = [
                 min(max(chunk, int(counts[i]) // 4), n - int(counts[i])) if active[i] else 0

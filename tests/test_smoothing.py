@@ -286,3 +286,11 @@ def test_prediction_pass_also_certifies_features(trig90, images):
         assert pred.features.score_lower == cert.score_lower
         assert pred.features.clean_score_lower == cert.clean_score_lower
         assert pred.score_lower == cert.score_lower
+
+
+def test_sequential_results_do_not_depend_on_batching(trig90, images):
+    kwargs = {"n0": 16, "n": 20_000, "tolerance": 0.03, "seed": 13}
+    a = SmoothedEncoder(trig90, SIGMA, batch_size=16).certify(images, **kwargs)
+    b = SmoothedEncoder(trig90, SIGMA, batch_size=4096).certify(images, **kwargs)
+    assert [c.n_used for c in a] == [c.n_used for c in b]
+    assert [c.score_lower for c in a] == [c.score_lower for c in b]
