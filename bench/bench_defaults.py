@@ -83,7 +83,13 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--alpha", type=float, default=0.001)
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--center", action="store_true", help="also run with feature centring")
+    parser.add_argument(
+        "--center-sigmas",
+        type=float,
+        nargs="*",
+        default=[0.25],
+        help="sigmas at which to also run with feature centring (none: no centring runs)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -97,27 +103,27 @@ def main() -> None:
     text = getattr(encoder, "supports_text", False)
     classes = class_embeddings(encoder, imagenet_classes()) if text else None
     results = []
-    for centred in [False, True] if args.center else [False]:
+    runs = [(s, False) for s in args.sigmas] + [(s, True) for s in args.center_sigmas]
+    for sigma, centred in runs:
         ctr = center if centred else None
         feats = clean - center if centred else clean
-        for sigma in args.sigmas:
-            smoothed = SmoothedEncoder(encoder, sigma, batch_size=args.batch_size, center=ctr)
-            start = time.perf_counter()
-            if classes is not None and not centred:
-                preds = smoothed.certify_prediction(
-                    photos.images, classes, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed
-                )
-                certs = [p.features for p in preds]
-            else:
-                preds = None
-                certs = smoothed.certify(
-                    photos.images, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed
-                )
-            seconds = time.perf_counter() - start
-            row = {"sigma": sigma, "centred": centred, "unrelated_cosine": unrelated_cosine(feats)}
-            row.update(summarise(preds, certs, photos, args.radii, seconds))
-            results.append(row)
-            print(json.dumps(row))
+        smoothed = SmoothedEncoder(encoder, sigma, batch_size=args.batch_size, center=ctr)
+        start = time.perf_counter()
+        if classes is not None and not centred:
+            preds = smoothed.certify_prediction(
+                photos.images, classes, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed
+            )
+            certs = [p.features for p in preds]
+        else:
+            preds = None
+            certs = smoothed.certify(
+                photos.images, n0=args.n0, n=args.n, alpha=args.alpha, seed=args.seed
+            )
+        seconds = time.perf_counter() - start
+        row = {"sigma": sigma, "centred": centred, "unrelated_cosine": unrelated_cosine(feats)}
+        row.update(summarise(preds, certs, photos, args.radii, seconds))
+        results.append(row)
+        print(json.dumps(row))
     report = {
         "settings": {
             "model": args.model,
@@ -129,7 +135,8 @@ def main() -> None:
             "batch_size": args.batch_size,
             "radii": args.radii,
             "seed": args.seed,
-            "center": "mean clean feature of the photos (with --center)",
+            "center": "mean clean feature of the photos",
+            "center_sigmas": args.center_sigmas,
             "prompt": "a photo of a {}." if text else None,
             "torch_threads": torch.get_num_threads(),
         },
