@@ -34,13 +34,16 @@ import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from featsmooth import config as C
 from featsmooth.errors import InputError, ModelUnavailableError
+
+if TYPE_CHECKING:
+    from featsmooth.evaluate import EvaluationResult
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: settings that may change between a run and its resumption without changing any record
@@ -669,8 +672,8 @@ def _load_plugin(folder: str, device: str | None) -> Any:
 # --------------------------------------------------------------------------------------
 # demo
 
-DEMO_FAST = {"n0": 16, "n": 64, "batch_size": 32}
-DEMO_FAST_PHOTOS = ("chelsea", "coffee", "rocket")
+DEMO_FAST = {"n0": 8, "n": 32, "batch_size": 40}
+DEMO_FAST_PHOTOS = ("chelsea", "coffee")
 
 
 def _unrelated_cosine(sm: Any, images: torch.Tensor) -> float | None:
@@ -698,7 +701,7 @@ def demo(
     One sampling pass per photo gives the feature certificate and the certified smoothed
     prediction. Defaults (:class:`featsmooth.config.DemoConfig`): sigma 0.25, n0 32, n 500,
     alpha 0.001, betting bound, radii 0.1/0.25/0.5, records in ``runs/demo`` (resumable).
-    ``fast=True``: 3 photos, n0 16, n 64 (a smoke test; loose bounds).
+    ``fast=True``: 2 photos, n0 8, n 32 (a smoke test; loose bounds).
 
     If the default model or the photo packages are not installed, falls back to the
     synthetic encoder ``"synthetic-trig"`` on random images and says so in ``notes``.
@@ -1053,106 +1056,129 @@ def attack(
 # evaluate: certificates against attacks
 
 
-@dataclass
-class EvaluationRow:
-    """One image and l2 budget: the certified cosine and what an attack achieved."""
-
-    image: str
-    eps: float
-    certified_cosine: float | None
-    attacked_cosine: float
-    slack: float
-
-    @property
-    def consistent(self) -> bool:
-        """No attack may push the smoothed cosine below the certificate (beyond the
-        Monte-Carlo error of the measurement, ``slack``)."""
-        if self.certified_cosine is None:
-            return True
-        return self.attacked_cosine >= self.certified_cosine - self.slack
-
-
 def evaluate(
     model: str | None = None,
     *,
-    run_dir: str | Path | None = None,
-    eps: Sequence[float] | str = (0.25, 0.5),
     config_file: str | Path | None = None,
-    on_record: Callback | None = None,
+    on_config: Callable[[Any], None] | None = None,
+    on_progress: Callable[[str], None] | None = None,
     **settings: Any,
-) -> tuple[list[EvaluationRow], RunResult, RunResult]:
-    """Certify images, attack their smoothed features (EoT, l2), and check the certificate.
+) -> EvaluationResult:
+    """Attack the plain and the smoothed encoder and test every attack against its certificate.
 
-    Runs :func:`certify` (feature certificates at the given radii) into
-    ``<run_dir>/certify`` and :func:`attack` (setting ``fs``, l2 budgets ``eps``) into
-    ``<run_dir>/attack``, both resumable, then pairs them: per image and budget, the
-    certified cosine ``FCSB(eps)`` and the cosine ``cos(f_hat(x), f_hat(x'))`` the attack
-    reached, measured on fresh draws. A row is inconsistent when the measured cosine is
-    below the certificate by more than ``slack = 2 sqrt(2 (1 - S^2) / m) / S`` (about two
-    standard errors of a cosine between two Monte-Carlo means of ``m = judge_draws`` unit
-    features each, ``S`` the image's estimated score; an approximation, and the
-    certificate itself fails with probability ``alpha``). Inconsistent rows point to a bug
-    and are raised as warnings.
+    Loads the model, images and (for text-image models) zero-shot classes as
+    :func:`certify` does and runs the evaluation harness
+    :func:`featsmooth.evaluate.evaluate` with the settings ``vanilla``, ``fs`` and, with
+    ``plugin=`` (a folder), ``fs+plugin``. Threat model: white-box, ``||x' - x||_p <= eps``
+    in pixel units; smoothed settings are attacked with EoT over ``eot`` draws per step and
+    judged on ``judge_draws`` fresh draws. Each smoothed setting certifies every clean image
+    (``n0``/``n``/``alpha``/``method``), and the sound consistency check
+    (:mod:`featsmooth.consistency`, ``check_draws``/``check_alpha``) compares an *upper*
+    confidence bound of the attacked input's projection with the certified bound at the
+    attack's actual l2 radius: a violation means a bug (or a certificate that failed with
+    probability ``alpha``), and its tensors are saved under ``<run_dir>/violations``.
 
-    ``settings`` go to both commands where they apply: ``images``/``photos``, ``sigma``,
-    ``n0``, ``n``, ``alpha``, ``method``, ``seed``, ``device``, ``dtype``, ``size``,
-    ``batch_size`` (certify); ``attack``, ``steps``, ``eot``, ``judge_draws``, ``restarts``
-    (attack).
+    Args:
+        model: registry name, local folder or hub id (default ``"default"``).
+        config_file: YAML/TOML settings file (flags in ``settings`` win over it).
+        on_config: called with the effective settings before any work.
+        on_progress: receives one line per step when ``progress`` is on (default: print).
+        **settings: any field of :class:`featsmooth.config.EvaluateConfig`; ``attacks`` may
+            also be one string of specifications separated by ``;``.
+
+    Returns:
+        :class:`featsmooth.evaluate.EvaluationResult` (``summary``, ``certified``,
+        ``records``, ``skipped``, ``violations``); records are resumable in ``run_dir``
+        (default ``runs/evaluate-<model>``).
     """
-    budgets = (
-        C.parse_float_list(eps, "eps")
-        if not isinstance(eps, (list, tuple))
-        else [float(e) for e in eps]
-    )
-    base = (
-        Path(run_dir)
-        if run_dir is not None
-        else Path("runs") / f"evaluate-{_slug(model or 'default')}"
-    )
-    shared = {k: settings.pop(k) for k in list(settings) if k in (
-        "images", "photos", "sigma", "seed", "device", "dtype", "size", "batch_size",
-    )}  # fmt: skip
-    attack_only = {k: settings.pop(k) for k in list(settings) if k in (
-        "attack", "steps", "eot", "judge_draws", "restarts", "step_size",
-    )}  # fmt: skip
-    cert = certify(
-        model, config_file=config_file, run_dir=str(base / "certify"), radii=budgets,
-        task="features", on_record=on_record, **shared, **settings,
-    )  # fmt: skip
-    att = attack(
-        model, run_dir=str(base / "attack"), norm="l2", eps=budgets, settings=["fs"],
-        on_record=on_record, **shared, **attack_only,
-    )  # fmt: skip
-    from featsmooth import bounds
+    from featsmooth.evaluate import AttackSpec, parse_attack
+    from featsmooth.evaluate import evaluate as _evaluate
 
-    m = att.config.judge_draws
-    by_key = {r["key"]: r for r in cert.records}
-    rows = []
-    for rec in att.records:
-        c = by_key.get(rec["image"])
-        if c is None:
-            continue
-        bound = float(bounds.fcsb(c["score_lower"], rec["eps"], c["sigma"]))
-        score = min(max(float(c.get("score_estimate") or 0.0), 0.05), 1.0)
-        slack = 2.0 * math.sqrt(2.0 * (1.0 - score**2) / m) / score
-        rows.append(
-            EvaluationRow(
-                image=rec["image"],
-                eps=float(rec["eps"]),
-                certified_cosine=None if math.isnan(bound) else bound,
-                attacked_cosine=float(rec["adv_cosine"]),
-                slack=slack,
+    overrides = dict(settings)
+    if model is not None:
+        overrides["model"] = model
+    if isinstance(overrides.get("attacks"), str):
+        overrides["attacks"] = [a for a in overrides["attacks"].split(";") if a.strip()]
+    cfg = C.resolve(
+        C.EvaluateConfig, config_file=config_file, overrides=overrides, command="evaluate"
+    )
+    if cfg.images is None and not cfg.photos:
+        raise InputError("no images: give --images DIR (a folder or file) or --photos")
+    if cfg.images is not None and not Path(cfg.images).exists():
+        raise FileNotFoundError(f"image folder or file not found: {cfg.images}")
+    if cfg.dtype != "float32":
+        raise InputError("evaluate runs the model in float32 only; drop --dtype")
+    if cfg.attacks:
+        specs = [parse_attack(a) for a in cfg.attacks]
+    else:
+        specs = [
+            AttackSpec(cfg.attack, cfg.norm, eps, cfg.steps, objective="auto",
+                       step_size=cfg.step_size, restarts=cfg.restarts)
+            for eps in cfg.eps
+        ]  # fmt: skip
+    if cfg.run_dir is None:
+        cfg.run_dir = str(Path("runs") / f"evaluate-{_slug(cfg.model)}")
+    if on_config is not None:
+        on_config(cfg)
+    encoder = load_model(cfg.model, cfg.device, cfg.dtype)
+    plugin = _load_plugin(cfg.plugin, cfg.device) if cfg.plugin else None
+    classes = zero_shot_classes(encoder, cfg.classes, cfg.task)
+    size = cfg.size or model_image_size(encoder)
+    source = _select_images(cfg.images, cfg.photos, size, classes[0] if classes else None)
+    labels = None
+    if classes is not None:
+        unlabelled = [k for k, lb in zip(source.keys, source.labels) if lb is None]
+        if len(unlabelled) == len(source):
+            raise InputError(
+                "zero-shot evaluation needs labelled images (class folders named after the "
+                "classes); use --task features to attack the features instead"
             )
-        )
-    bad = [r for r in rows if not r.consistent]
-    if bad:
-        warnings.warn(
-            f"{len(bad)} attacked cosine(s) fall below the certified bound beyond the "
-            f"measurement slack (first: {bad[0].image} at eps {bad[0].eps:g}); "
-            "this should not happen: please report it",
-            stacklevel=2,
-        )
-    return rows, cert, att
+        if unlabelled:
+            warnings.warn(
+                f"skipping {len(unlabelled)} image(s) without a label ({', '.join(unlabelled)}):"
+                " untargeted zero-shot attacks need one",
+                stacklevel=2,
+            )
+            source = _subset(source, [i for i, lb in enumerate(source.labels) if lb is not None])
+        # first = primary label, then the other acceptable classes
+        labels = [
+            [lb, *[a for a in acc if a != lb]] for lb, acc in zip(source.labels, source.acceptable)
+        ]
+    images = source.all_images()
+    _sanity_checks(cfg, images[:1])
+    settings_run = ["vanilla", "fs", *(["fs+plugin"] if plugin is not None else [])]
+    return _evaluate(
+        encoder,
+        images,
+        labels,
+        class_embeddings=classes[1] if classes else None,
+        settings=settings_run,
+        plugin=plugin,
+        sigma=cfg.sigma,
+        attacks=specs,
+        eot_draws=cfg.eot,
+        judge_draws=cfg.judge_draws,
+        n0=cfg.n0,
+        n=cfg.n,
+        alpha=cfg.alpha,
+        method=cfg.method,
+        radii=cfg.radii,
+        consistency_draws=cfg.check_draws,
+        consistency_alpha=cfg.check_alpha,
+        names=source.keys,
+        run_dir=cfg.run_dir,
+        seed=cfg.seed,
+        device=cfg.device,
+        batch_size=cfg.attack_batch_size,
+        sample_batch_size=cfg.batch_size,
+        progress=(on_progress or True) if cfg.progress else False,
+        extra_settings={
+            "image_source": source.description,
+            "size": size,
+            "dtype": cfg.dtype,
+            "plugin_folder": cfg.plugin,
+        },
+    )
 
 
 # --------------------------------------------------------------------------------------
@@ -1297,7 +1323,6 @@ def recompute(
 __all__ = [
     "ATTACKS",
     "SETTINGS",
-    "EvaluationRow",
     "ImageSource",
     "ModelRow",
     "RunResult",

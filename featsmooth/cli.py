@@ -5,7 +5,8 @@ and prints the result. User mistakes (:class:`~featsmooth.errors.FeatsmoothError
 missing file, a malformed config file) print one red line ``error: ...`` with a hint and
 exit with the error's code (2 bad input, 3 unusable features, 4 model unavailable, 5 run
 records); tracebacks are kept for real bugs, or shown for everything with ``--debug``.
-Sanity-check warnings print in yellow. Ctrl-C exits with 130 and leaves the records
+``evaluate`` exits with 6 when an attacked input beats its certificate (a bug; the inputs
+are saved under ``RUN/violations``). Sanity-check warnings print in yellow. Ctrl-C exits with 130 and leaves the records
 written so far intact (rerun the same command to resume).
 """
 
@@ -28,6 +29,7 @@ from featsmooth import config as C
 from featsmooth.errors import FeatsmoothError
 
 EXIT_INTERRUPTED = 130
+EXIT_VIOLATION = 6
 
 
 def _click_exception_classes() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
@@ -308,11 +310,11 @@ def _root(
 
 @app.command(
     epilog="Example: featsmooth demo          (9 photos, n0 32 + n 500 noise draws each)\n\n"
-    "Example: featsmooth demo --fast   (3 photos, few samples: a smoke test)"
+    "Example: featsmooth demo --fast   (2 photos, few samples: a smoke test)"
 )
 def demo(
     fast: Annotated[
-        bool, typer.Option("--fast", help="3 photos and few samples (loose bounds; a smoke test).")
+        bool, typer.Option("--fast", help="2 photos and few samples (loose bounds; a smoke test).")
     ] = False,
     sigma: SigmaOpt = None,
     n0: Annotated[int | None, typer.Option("--n0", help="Direction samples. [default: 32]")] = None,
@@ -715,7 +717,9 @@ def _on_attack_record(record: dict[str, Any], new: bool) -> None:
 
 @app.command(
     epilog="Example: featsmooth evaluate default --photos --eps 0.25,0.5 --n 500 --steps 20 "
-    "--run-dir runs/eval"
+    "--run-dir runs/eval\n\n"
+    "Example: featsmooth evaluate synthetic-trig --images pngs/ --attacks "
+    "'pgd:l2:0.5:steps=20;apgd:linf:4/255' --plugin plugins/trig"
 )
 def evaluate(
     model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
@@ -723,84 +727,147 @@ def evaluate(
     photos: Annotated[
         bool | None, typer.Option("--photos", help="Use the photos shipped with the packages.")
     ] = None,
+    attack_name: Annotated[
+        str | None, typer.Option("--attack", help="pgd | apgd. [default: pgd]")
+    ] = None,
+    norm: Annotated[str | None, typer.Option(help="l2 | linf. [default: l2]")] = None,
     eps: Annotated[
-        str, typer.Option(help="l2 budgets = certified radii (pixel units), comma-separated.")
-    ] = "0.25,0.5",
+        str | None,
+        typer.Option(
+            help="Budgets (pixel units), comma-separated; linf also k/255. One attack each. "
+            "[default: 0.25,0.5]"
+        ),
+    ] = None,
+    steps: Annotated[int | None, typer.Option(help="Attack steps. [default: 20]")] = None,
+    step_size: Annotated[float | None, typer.Option(help="Step size (pixel units).")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts. [default: 1]")] = None,
+    attacks: Annotated[
+        str | None,
+        typer.Option(
+            help="Full attack specs separated by ';' (e.g. pgd:l2:0.5:steps=20); they replace "
+            "--attack/--norm/--eps/--steps."
+        ),
+    ] = None,
+    plugin: Annotated[
+        str | None, typer.Option(help="Plug-in folder: adds the setting fs+plugin.")
+    ] = None,
     sigma: SigmaOpt = None,
+    eot: Annotated[
+        int | None, typer.Option(help="Noise draws per attack step (EoT). [default: 8]")
+    ] = None,
+    judge_draws: Annotated[
+        int | None, typer.Option(help="Fresh draws judging each smoothed result. [default: 32]")
+    ] = None,
     n0: N0Opt = None,
-    n: Annotated[int | None, typer.Option("--n", help="Certification samples.")] = None,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Certification samples. [default: 1000]")
+    ] = None,
     alpha: AlphaOpt = None,
     method: MethodOpt = None,
-    attack_name: Annotated[str | None, typer.Option("--attack", help="pgd | apgd.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Attack steps. [default: 20]")] = None,
-    eot: Annotated[int | None, typer.Option(help="Noise draws per attack step.")] = None,
-    judge_draws: Annotated[
-        int | None, typer.Option(help="Fresh draws measuring the attacked cosine.")
+    radii: Annotated[
+        str | None,
+        typer.Option(
+            help="Radii of the certified table, comma-separated. [default: 0,0.1,0.25,0.5]"
+        ),
+    ] = None,
+    check_draws: Annotated[
+        int | None, typer.Option(help="Fresh draws of the consistency check. [default: 256]")
+    ] = None,
+    classes: ClassesOpt = None,
+    task: Annotated[
+        str | None, typer.Option(help="auto | features | zero-shot. [default: auto]")
     ] = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
     size: SizeOpt = None,
-    run_dir: Annotated[
-        str | None,
-        typer.Option("--run-dir", help="Folder for the certify/ and attack/ runs (resumable)."),
-    ] = None,
+    run_dir: RunDirOpt = None,
     config: ConfigOpt = None,
     progress: ProgressOpt = None,
 ) -> None:
-    """Certify, attack the smoothed features (EoT, l2), and check no attack beats the bound.
+    """Attack vanilla, smoothed (and plugged) encoders and check every certificate holds.
 
-    For each image and budget eps: the certified cosine FCSB(eps) next to the cosine
-    cos(f̂(x), f̂(x')) the attack reached, measured on fresh noise draws.
+    Per setting and attack: clean and robust accuracy (feature-only models: 1 and the
+    adversarial cosine), attack success rate, mean adversarial cosine, and for smoothed
+    settings the certified cosine at the attack's l2 radius plus the sound consistency
+    check (an upper confidence bound of the attacked feature below the certificate is a
+    bug: exit code 6, inputs saved under RUN/violations). Resumable.
     """
     from featsmooth import api
 
-    rows, cert, att = api.evaluate(
+    seen: dict[str, Any] = {}
+
+    def on_config(cfg: Any) -> None:
+        seen["cfg"] = cfg
+        print_config(cfg)
+
+    result = api.evaluate(
         model,
-        run_dir=run_dir,
-        eps=eps,
         config_file=config,
-        on_record=_on_any_record,
+        on_config=on_config,
+        on_progress=lambda line: out.print(escape(line), soft_wrap=True),
         **_given(
-            images=images, photos=photos, sigma=sigma, n0=n0, n=n, alpha=alpha, method=method,
-            attack=attack_name, steps=steps, eot=eot, judge_draws=judge_draws,
-            batch_size=batch_size, seed=seed, device=device, dtype=dtype, size=size,
+            images=images, photos=photos, attack=attack_name, norm=norm, eps=eps, steps=steps,
+            step_size=step_size, restarts=restarts, attacks=attacks, plugin=plugin,
+            sigma=sigma, eot=eot, judge_draws=judge_draws, n0=n0, n=n, alpha=alpha,
+            method=method, radii=radii, check_draws=check_draws, classes=classes, task=task,
+            batch_size=batch_size, seed=seed, device=device, size=size, run_dir=run_dir,
             progress=progress,
         ),
     )  # fmt: skip
-    table = Table(
-        header_style="bold",
-        title=f"certificate vs attack ({model}, sigma = {cert.config.sigma:g}, l2)",
-    )
-    for col in ("image", "eps", "certified cosine", "attacked cosine", "slack", "consistent"):
-        table.add_column(col, justify="left" if col == "image" else "right")
-    for r in rows:
-        table.add_row(
-            escape(r.image),
-            f"{r.eps:g}",
-            _num(r.certified_cosine),
-            _num(r.attacked_cosine),
-            _num(r.slack),
-            "[green]yes[/green]" if r.consistent else "[red]NO[/red]",
-        )
-    out.print(table)
+    cfg = seen["cfg"]
+    title = f"evaluation of {model} (sigma = {cfg.sigma:g})"
+    out.print(evaluation_table(result.summary, title=title))
     out.print(
-        f"certified cosine: FCSB at radius eps, probability ≥ {1 - cert.config.alpha:g}; "
-        f"— = no certificate. attacked cosine: measured with {att.config.judge_draws} fresh "
-        "draws; slack: about two standard errors of that measurement."
-        if rows
-        else "no rows",
+        "clean / robust acc.: zero-shot accuracy before / after the attack (feature-only "
+        "models: 1 / adversarial cosine); smoothed settings are judged on fresh noise draws. "
+        f"cert. cos: mean FCSB at the attack's l2 radius (probability ≥ {1 - cfg.alpha:g}; 0 "
+        "where none). viol./checked: attacked inputs whose upper confidence bound fell "
+        "below their certified bound / inputs tested.",
         soft_wrap=True,
     )
-    out.print(f"records: {cert.run_dir} and {att.run_dir}", soft_wrap=True)
+    for name, reason in result.skipped.items():
+        out.print(f"setting {name} not run: {escape(reason)}")
+    out.print(f"records: {Path(cfg.run_dir) / 'records.jsonl'}", soft_wrap=True)
+    if result.violations:
+        err.print(
+            f"[bold red]BUG: certificate violated ({result.violations} attacked input(s) "
+            "measured below their certified bound), inputs saved under "
+            f"{escape(str(Path(cfg.run_dir) / 'violations'))}[/bold red]",
+            soft_wrap=True,
+        )
+        raise typer.Exit(EXIT_VIOLATION)
 
 
-def _on_any_record(record: dict[str, Any], new: bool) -> None:
-    if "setting" in record:
-        _on_attack_record(record, new)
-    else:
-        _on_record(record, new)
+def evaluation_table(summary: list[dict[str, Any]], title: str | None = None) -> Table:
+    """The summary of :func:`featsmooth.evaluate.evaluate`: one row per (setting, attack)."""
+    from rich import box
+
+    table = Table(
+        title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
+        collapse_padding=True,
+    )  # fmt: skip
+    table.add_column("setting", no_wrap=True)
+    table.add_column("attack", no_wrap=True)
+    for col in ("imgs", "clean\nacc.", "robust\nacc.", "ASR", "adv\ncos", "cert.\ncos"):
+        table.add_column(col, justify="right", no_wrap=True)
+    table.add_column("viol./\nchecked", justify="right", no_wrap=True)
+    for row in summary:
+        smoothed = row.get("certified_cosine") is not None or row.get("consistency_checked")
+        bad = row.get("consistency_violations") or 0
+        check = f"{bad}/{row.get('consistency_checked') or 0}"
+        table.add_row(
+            escape(str(row["setting"])),
+            escape(str(row["attack_id"])),
+            str(row["images"]),
+            _num(row.get("clean_score")),
+            _num(row.get("robust_score")),
+            _num(row.get("asr")),
+            _num(row.get("adv_cosine")),
+            _num(row.get("certified_cosine")),
+            (f"[red]{check}[/red]" if bad else f"[green]{check}[/green]") if smoothed else "—",
+        )
+    return table
 
 
 @app.command(

@@ -125,6 +125,39 @@ class AttackConfig(_ModelSettings):
 
 
 @dataclass
+class EvaluateConfig(_ModelSettings):
+    """Settings of ``featsmooth evaluate`` (see :func:`featsmooth.api.evaluate`).
+
+    One attack per budget in ``eps`` (``attack``/``norm``/``steps``/``step_size``/
+    ``restarts``), or full specifications in ``attacks`` (``"pgd:l2:0.5:steps=20"``, see
+    :func:`featsmooth.evaluate.parse_attack`), which then replace them.
+    """
+
+    attack: str = "pgd"
+    attacks: list[str] = field(default_factory=list)
+    norm: str = "l2"
+    eps: list[float] = field(default_factory=lambda: [0.25, 0.5])
+    steps: int = 20
+    step_size: float | None = None
+    restarts: int = 1
+    plugin: str | None = None
+    eot: int = 8
+    judge_draws: int = 32
+    n0: int = 64
+    n: int = 1000
+    alpha: float = 0.001
+    method: str = "betting"
+    radii: list[float] = field(default_factory=lambda: [0.0, *DEFAULT_RADII])
+    check_draws: int = 256
+    check_alpha: float = 0.001
+    task: str = "auto"
+    batch_size: int = 64
+    attack_batch_size: int = 4
+    run_dir: str | None = None
+    progress: bool = True
+
+
+@dataclass
 class TrainPluginConfig:
     """Settings of ``featsmooth train-plugin`` (see :func:`featsmooth.api.train_plugin`)."""
 
@@ -150,6 +183,7 @@ COMMANDS: dict[str, type] = {
     "demo": DemoConfig,
     "predict": PredictConfig,
     "attack": AttackConfig,
+    "evaluate": EvaluateConfig,
     "train-plugin": TrainPluginConfig,
 }
 
@@ -318,6 +352,9 @@ def validate(cfg: Any) -> Any:
             )
     _positive(cfg, "n0", "n", "batch_size", "size", "steps", "restarts", "top_k", "eot")
     _positive(cfg, "judge_draws", "draws_per_image", "lr", "tolerance", "target_radius")
+    _positive(cfg, "check_draws", "attack_batch_size")
+    if getattr(cfg, "check_alpha", None) is not None and not 0.0 < cfg.check_alpha < 1.0:
+        raise InputError(f"check-alpha must lie strictly between 0 and 1, got {cfg.check_alpha!r}")
     if getattr(cfg, "alpha", None) is not None and not 0.0 < cfg.alpha < 1.0:
         raise InputError(f"alpha must lie strictly between 0 and 1, got {cfg.alpha!r}")
     if getattr(cfg, "method", None) is not None:
@@ -420,6 +457,7 @@ __all__ = [
     "AttackConfig",
     "CertifyConfig",
     "DemoConfig",
+    "EvaluateConfig",
     "PredictConfig",
     "TrainPluginConfig",
     "dump_yaml",

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import base64
 import csv
+import dataclasses
 import datetime as _dt
 import html
 import io
@@ -216,22 +217,52 @@ def _radii(run: RunData) -> list[float]:
     return sorted(found)
 
 
-def summarize(run: RunData, radii: Sequence[float] | None = None) -> dict[str, Any]:
-    """The summary row of one run (column id -> value; ``None`` = not available)."""
+def run_settings(run: RunData) -> list[str | None]:
+    """The settings (``vanilla``, ``fs``, ``fs+plugin``, ...) a run's summary is split by.
+
+    ``[None]`` (one row for the whole run) unless its certification records carry a
+    ``setting`` field, as those of :func:`featsmooth.evaluate.evaluate` do: then every
+    setting of its certification or attack records, in the usual order.
+    """
+    if not any(r.get("setting") is not None for r in run.records):
+        return [None]
+    found = {str(r["setting"]) for r in (*run.records, *run.attacks) if r.get("setting")}
+    return sorted(found, key=_setting_rank)
+
+
+def summarize(
+    run: RunData, radii: Sequence[float] | None = None, setting: str | None = None
+) -> dict[str, Any]:
+    """The summary row of one run (column id -> value; ``None`` = not available).
+
+    With ``setting``, only that setting's certification and attack records are counted and
+    the row gets a ``setting`` column (certificates of different settings, e.g. ``fs`` and
+    ``fs+plugin``, must never be averaged together).
+    """
+    if setting is not None:
+        run = dataclasses.replace(
+            run,
+            records=[r for r in run.records if r.get("setting") == setting],
+            attacks=[a for a in run.attacks if a.get("setting") == setting],
+        )
     recs = run.records
     radii = list(radii) if radii is not None else _radii(run)
     n = run.meta("n")
     if n is None and recs:
         n_used = _floats(recs, "n_used")
         n = int(np.nanmax(n_used)) if np.isfinite(n_used).any() else None
-    row: dict[str, Any] = {
-        "run": run.label,
+    row: dict[str, Any] = {"run": run.label}
+    if setting is not None:
+        row["setting"] = setting
+    row |= {
         "model": run.meta("model"),
         "sigma": run.meta("sigma"),
         "n": n,
         "alpha": run.meta("alpha"),
         "method": run.meta("method"),
-        "images": len(recs) if recs else len({a.get("image", a.get("key")) for a in run.attacks}),
+        "images": len(recs)
+        if recs
+        else len({str(a.get("image", a.get("key"))) for a in run.attacks}),
         "n_used": _mean(_floats(recs, "n_used")),
         "S": _mean(_floats(recs, "score_estimate")),
         "S_low": _mean(_floats(recs, "score_lower")),
@@ -262,10 +293,12 @@ def _all_radii(runs: Sequence[RunData]) -> list[float]:
 
 
 def summary_table(runs: Sequence[RunData]) -> tuple[list[str], list[dict[str, Any]]]:
-    """Column ids (those with a value in some run) and one row per run."""
+    """Column ids (those with a value in some row) and one row per run, or per (run, setting)
+    for runs whose records carry a setting (see :func:`run_settings`)."""
     radii = _all_radii(runs)
-    rows = [summarize(run, radii) for run in runs]
-    columns = [c for c in rows[0] if c == "run" or any(row.get(c) is not None for row in rows)]
+    rows = [summarize(run, radii, setting) for run in runs for setting in run_settings(run)]
+    names = list(dict.fromkeys(c for row in rows for c in row))
+    columns = [c for c in names if c == "run" or any(row.get(c) is not None for row in rows)]
     return columns, rows
 
 
@@ -748,10 +781,11 @@ def report(
     columns, rows = summary_table(runs)
     a_columns, a_rows = attack_table(runs)
     cert_cols = [c for c in columns if not c.startswith("acc_") and c not in ("clean_acc", "asr")]
-    acc_cols = ["run", *[c for c in columns if c.startswith("acc_") or c == "clean_acc"]]
+    acc_cols = ["run", *[c for c in columns if c == "setting"]]
+    acc_cols += [c for c in columns if c.startswith("acc_") or c == "clean_acc"]
     tables_md: list[tuple[str, str]] = [("Certified feature cosine", _markdown(cert_cols, rows))]
     tables_html = [("Certified feature cosine", _html_table(cert_cols, rows))]
-    if len(acc_cols) > 1:
+    if any(c.startswith("acc_") or c == "clean_acc" for c in acc_cols):
         tables_md.append(("Accuracy", _markdown(acc_cols, rows)))
         tables_html.append(("Accuracy", _html_table(acc_cols, rows)))
     if a_rows:
@@ -816,6 +850,7 @@ __all__ = [
     "plot_certified_cosine",
     "plot_score_hist",
     "report",
+    "run_settings",
     "summarize",
     "summary_table",
     "write_csv",

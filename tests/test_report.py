@@ -211,3 +211,51 @@ def test_certified_accuracy_counts_abstain_and_wrong_predictions():
         certified_accuracy(records, "margin", [0, 0.1, 0.5]), [0.5, 0.5, 0.25]
     )
     assert certified_accuracy(records, "fcsb", [0]) is None
+
+
+def test_summary_has_one_row_per_setting_of_an_evaluation_run(tmp_path):
+    """featsmooth.evaluate writes certificates of several settings into one run folder:
+    their numbers must not be averaged together."""
+    run = tmp_path / "ev"
+    lows = {"fs": [0.6, 0.4], "fs+plugin": [0.95, 0.9, 0.85]}
+    with RunWriter(run, {"model": "tiny", "sigma": 0.25}, environment=False) as writer:
+        for setting, values in lows.items():
+            for i, low in enumerate(values):
+                writer.write(
+                    {
+                        "key": [f"img{i}", setting, "certificate"],
+                        "kind": "certificate",
+                        "image": f"img{i}",
+                        "setting": setting,
+                        "sigma": 0.25,
+                        "score_lower": low,
+                        "radii": RADII,
+                        "fcsb": [fcsb_formula(low, r, 0.25) for r in RADII],
+                    }
+                )
+        for setting, success in (("vanilla", True), ("fs", False), ("fs+plugin", False)):
+            writer.write(
+                {
+                    "key": ["img0", setting, "pgd"],
+                    "kind": "attack",
+                    "image": "img0",
+                    "setting": setting,
+                    "attack": "pgd",
+                    "norm": "l2",
+                    "eps": 0.5,
+                    "success": success,
+                    "adv_cosine": 0.3 if success else 0.9,
+                }
+            )
+    report(run, tmp_path / "rep", formats=("csv", "md"))
+    rows = {r["setting"]: r for r in csv.DictReader(open(tmp_path / "rep/summary.csv"))}
+    assert list(rows) == ["vanilla", "fs", "fs+plugin"]
+    assert {r["run"] for r in rows.values()} == {"ev"}
+    for setting, values in lows.items():
+        assert rows[setting]["images"] == str(len(values))
+        assert float(rows[setting]["S_low"]) == pytest.approx(np.mean(values))
+        expected = expected_mean_fcsb(values, 0.5, 0.25)
+        assert float(rows[setting]["fcsb@0.5"]) == pytest.approx(expected)
+    assert rows["vanilla"]["S_low"] == "" and float(rows["vanilla"]["asr"]) == 1.0
+    assert float(rows["fs"]["asr"]) == 0.0
+    assert "| ev | fs+plugin |" in (tmp_path / "rep/summary.md").read_text()
