@@ -68,6 +68,8 @@ class SmoothedEncoder:
         batch_size: noisy images per forward pass (images and draws are packed together).
         plugin: optional plug-in with ``.wrap(encoder, sigma)`` (purifier -> encoder ->
             mapper); the wrapped module becomes the base encoder ``f``.
+        compile: run the encoder through ``torch.compile`` (dynamic shapes). The first
+            passes pay the compilation; worth it for long certification runs on GPU.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class SmoothedEncoder:
         center: torch.Tensor | np.ndarray | None = None,
         batch_size: int = 256,
         plugin: Any = None,
+        compile: bool = False,
     ) -> None:
         if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise InputError(f"sigma must be a positive number (pixel units), got {sigma!r}")
@@ -99,6 +102,7 @@ class SmoothedEncoder:
             center_t = torch.as_tensor(np.asarray(center), dtype=torch.float64)
             self.center = center_t.flatten().to(self.device)
         self.feature_shape: tuple[int, ...] | None = None
+        self._run_encoder = torch.compile(self.encoder, dynamic=True) if compile else self.encoder
 
     # ------------------------------------------------------------------ features
 
@@ -148,7 +152,7 @@ class SmoothedEncoder:
         return flat / norms
 
     def _forward(self, batch: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        return self._unit(self.encoder(batch.to(self.input_dtype)), dtype)
+        return self._unit(self._run_encoder(batch.to(self.input_dtype)), dtype)
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Unit features ``f(x)`` of clean images, ``(B, k)`` float32, differentiable."""
@@ -341,8 +345,10 @@ class SmoothedEncoder:
             bar.advance(len(feats))
         directions = direction_sums / direction_sums.norm(dim=1, keepdim=True).clamp_min(1e-300)
 
-        proj = np.zeros((b, n))  # <v, f(x + eps_i)>
-        proj_clean = np.zeros((b, n))  # <f(x), f(x + eps_i)>
+        # Projections stay on the device during sampling (no host sync per forward pass);
+        # they are copied to the host once per round: proj[i] <v, f(x+eps)>, proj_clean[i]
+        # <f(x), f(x+eps)>.
+        proj_dev = torch.zeros((2, b, n), dtype=torch.float64, device=self.device)
         counts = np.zeros(b, dtype=np.int64)
         totals = direction_sums.clone()  # sum of all unit features, for S and context
         active = np.ones(b, dtype=bool)
@@ -360,11 +366,11 @@ class SmoothedEncoder:
             for i, feats in self._sample(images, wants, gens, batch_size):
                 k = len(feats)
                 c = int(counts[i])
-                proj[i, c : c + k] = (feats @ directions[i]).cpu().numpy()
-                proj_clean[i, c : c + k] = (feats @ clean[i]).cpu().numpy()
+                proj_dev[:, i, c : c + k] = torch.stack([directions[i], clean[i]]) @ feats.T
                 totals[i] += feats.sum(0)
                 counts[i] += k
                 bar.advance(k)
+            proj, proj_clean = proj_dev.cpu().numpy()
             done = counts >= n
             if sequential:
                 done |= self._should_stop(
@@ -558,12 +564,11 @@ class SmoothedEncoder:
         # margins[i]: (n, K-1) values <w_B, f> over the rivals B of A, kept only until the
         # image's n samples are complete (then reduced to p_low); proj[i]: <v, f>
         rival_alpha = bounds.split_alpha(alpha, num_classes - 1)
-        margins: dict[int, np.ndarray] = {}
+        margins: dict[int, torch.Tensor] = {}
         p_low = np.zeros(b)
-        proj = np.zeros((b, n))
-        proj_clean = np.zeros((b, n))
+        proj_dev = torch.zeros((2, b, n), dtype=torch.float64, device=self.device)
         totals = sums.clone()
-        votes = np.zeros(b, dtype=np.int64)
+        votes_dev = torch.zeros(b, dtype=torch.int64, device=self.device)
         filled = np.zeros(b, dtype=np.int64)
         diff_norm = [(emb[top[i]] - emb).norm(dim=1).clamp_min(1e-300) for i in range(b)]
         for i, feats in self._sample(images, [n] * b, gens, batch_size):
@@ -572,17 +577,21 @@ class SmoothedEncoder:
             w_vals = (scores[:, top[i]].unsqueeze(1) - scores) / diff_norm[i]
             rivals = torch.arange(num_classes, device=self.device) != top[i]
             if i not in margins:
-                margins[i] = np.zeros((n, num_classes - 1))
-            margins[i][c : c + k] = w_vals[:, rivals].clamp(-1.0, 1.0).cpu().numpy()
-            proj[i, c : c + k] = (feats @ directions[i]).cpu().numpy()
-            proj_clean[i, c : c + k] = (feats @ clean[i]).cpu().numpy()
+                margins[i] = torch.zeros(
+                    (n, num_classes - 1), dtype=torch.float64, device=self.device
+                )
+            margins[i][c : c + k] = w_vals[:, rivals].clamp(-1.0, 1.0)
+            proj_dev[:, i, c : c + k] = torch.stack([directions[i], clean[i]]) @ feats.T
             totals[i] += feats.sum(0)
-            votes[i] += int((scores.argmax(1) == top_cohen[i]).sum())
+            votes_dev[i] += (scores.argmax(1) == top_cohen[i]).sum()
             filled[i] += k
             if filled[i] == n:
-                p_low[i] = _min_rival_probability(margins.pop(i), rival_alpha, method, n)
+                values = margins.pop(i).cpu().numpy()
+                p_low[i] = _min_rival_probability(values, rival_alpha, method, n)
             bar.advance(k)
         bar.close()
+        proj, proj_clean = proj_dev.cpu().numpy()
+        votes = votes_dev.cpu().numpy()
 
         results = []
         for i in range(b):

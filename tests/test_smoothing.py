@@ -294,3 +294,11 @@ def test_sequential_results_do_not_depend_on_batching(trig90, images):
     b = SmoothedEncoder(trig90, SIGMA, batch_size=4096).certify(images, **kwargs)
     assert [c.n_used for c in a] == [c.n_used for c in b]
     assert [c.score_lower for c in a] == [c.score_lower for c in b]
+
+
+def test_compiled_encoder_gives_the_same_certificates(trig90, images):
+    eager = SmoothedEncoder(trig90, SIGMA).certify(images, n0=16, n=200, seed=14)
+    compiled = SmoothedEncoder(trig90, SIGMA, compile=True).certify(images, n0=16, n=200, seed=14)
+    for a, b in zip(eager, compiled):
+        assert a.score_lower == pytest.approx(b.score_lower, abs=1e-9)
+        assert a.clean_score_lower == pytest.approx(b.clean_score_lower, abs=1e-9)
