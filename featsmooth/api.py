@@ -27,10 +27,12 @@ from __future__ import annotations
 
 import inspect
 import math
+import os
 import re
 import time
 import warnings
 import zlib
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,7 +49,8 @@ if TYPE_CHECKING:
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 #: settings that may change between a run and its resumption without changing any record
-EXTRA_VOLATILE = frozenset({"keep_samples", "config_file"})
+#: (``ray``/``ray_address``/``workers`` only say where the work runs: same records)
+EXTRA_VOLATILE = frozenset({"keep_samples", "config_file", "ray", "ray_address", "workers"})
 #: images drawn (uniform in [0, 1]) to estimate the centre of the feature space (--center)
 CENTER_IMAGES = 64
 #: pip line per missing module, for `featsmooth models`
@@ -575,6 +578,151 @@ def _certify_images(
     return records, new, skipped, sm
 
 
+RAY_FEATURES_ONLY = (
+    "--ray supports --task features only (zero-shot prediction certificates run in one "
+    "process); add --task features or drop --ray"
+)
+
+
+def _certify_images_ray(
+    cfg: C.CertifyConfig,
+    encoder: torch.nn.Module,
+    source: ImageSource,
+    size: int,
+    *,
+    plugin: Any = None,
+    on_record: Callback | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+) -> tuple[list[dict[str, Any]], int, int]:
+    """:func:`_certify_images` for feature certificates, with the images spread over Ray
+    workers (:class:`featsmooth.distributed.ChunkCertifier` actors, one encoder each).
+
+    Every image is certified alone with the seed :func:`image_seed` gives its key, exactly
+    as the single-process path does, and its record is built the same way and streamed to
+    the same ``records.jsonl`` by this process; so the two paths write the same records
+    (all fields but ``seconds``) and resume each other's runs. Returns
+    ``(records, new, skipped)`` in image order.
+    """
+    from featsmooth import SmoothedEncoder
+    from featsmooth.distributed import ChunkCertifier, _import_ray
+    from featsmooth.records import VOLATILE_KEYS, RunWriter
+
+    ray = _import_ray()
+    dtype = torch_dtype(cfg.dtype)
+    center = None
+    if cfg.center:  # same centre as the single-process path: computed here, shipped once
+        sm = SmoothedEncoder(
+            encoder, cfg.sigma, device=cfg.device, input_dtype=dtype,
+            batch_size=cfg.batch_size, plugin=plugin,
+        )  # fmt: skip
+        center = noise_center(sm.encoder, tuple(source.image(0).shape), sm.device)
+    target = None
+    if cfg.target_cosine is not None:
+        target = (cfg.target_cosine, cfg.target_radius)
+    options = {
+        "n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha, "method": cfg.method,
+        "tolerance": cfg.tolerance, "target": target, "keep_samples": cfg.keep_samples,
+    }  # fmt: skip
+    settings = _settings(cfg, source, size, False)
+    model_name = cfg.model if plugin is None else f"{cfg.model}+plugin"
+    stored_by_key: dict[str, dict[str, Any]] = {}
+    new = skipped = 0
+    assert cfg.run_dir is not None
+    volatile = VOLATILE_KEYS | EXTRA_VOLATILE
+    with RunWriter(cfg.run_dir, settings, resume=True, volatile=volatile) as writer:
+        stored = {writer._key_of(r): r for r in writer.records if "key" in r}
+        todo = [i for i, key in enumerate(source.keys) if key not in writer]
+        if on_start is not None:
+            on_start(len(source) - len(todo), len(todo))
+        for key in source.keys:
+            if key in writer:
+                skipped += 1
+                stored_by_key[key] = stored[key]
+                if on_record is not None:
+                    on_record(stored[key], False)
+        started = False
+        actors: list[Any] = []
+        try:
+            if todo and not ray.is_initialized():
+                kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
+                if cfg.ray_address:
+                    kwargs["address"] = cfg.ray_address
+                else:
+                    kwargs["num_cpus"] = cfg.workers or os.cpu_count() or 1
+                ray.init(**kwargs)
+                started = True
+            if todo:
+                actors = _ray_actors(ray, ChunkCertifier, cfg, len(todo), center, plugin)
+            queue = deque(todo)
+            pending: dict[Any, tuple[Any, int]] = {}
+
+            def submit(actor: Any) -> None:
+                i = queue.popleft()
+                x = source.image(i).unsqueeze(0)
+                ref = actor.certify.remote(x, [image_seed(cfg.seed, source.keys[i])], options)
+                pending[ref] = (actor, i)
+
+            for _ in range(2):  # two images in flight per worker: none idles while we write
+                for actor in actors:
+                    if queue:
+                        submit(actor)
+            while pending:
+                ready, _ = ray.wait(list(pending), num_returns=1)
+                actor, i = pending.pop(ready[0])
+                certs, seconds = ray.get(ready[0])
+                if queue:
+                    submit(actor)
+                cert, key = certs[0], source.keys[i]
+                record: dict[str, Any] = {"key": key, "image": key, "model": model_name}
+                record["sigma"] = cfg.sigma
+                record.update(feature_fields(cert, cfg.radii))
+                record["seconds"] = seconds
+                if cfg.keep_samples and cert.samples is not None:
+                    writer.write_samples(key, cert.samples[0])
+                    writer.write_samples(key, cert.samples[1], "clean")
+                stored_by_key[key] = writer.write(record)
+                new += 1
+                if on_record is not None:
+                    on_record(stored_by_key[key], True)
+        finally:
+            for actor in actors:
+                ray.kill(actor)
+            if started:
+                ray.shutdown()
+    return [stored_by_key[k] for k in source.keys], new, skipped
+
+
+def _ray_actors(
+    ray: Any, certifier: type, cfg: C.CertifyConfig, images: int, center: Any, plugin: Any
+) -> list[Any]:
+    """One certifier actor per worker (at most one per image), each with its own encoder."""
+    resources = ray.cluster_resources()
+    gpus, cpus = int(resources.get("GPU", 0)), int(resources.get("CPU", 0))
+    device = cfg.device or ("cuda" if gpus else "cpu")
+    gpu = device.startswith("cuda")
+    if gpu and not gpus:
+        raise InputError(f"device {device!r} requested but the Ray cluster has no GPU")
+    workers = cfg.workers or (gpus if gpu else max(1, cpus))
+    have = gpus if gpu else cpus
+    if workers > have:
+        kind = "GPUs" if gpu else "CPUs"
+        raise InputError(f"{workers} workers requested but the Ray cluster has {have} {kind}")
+    actor_cls = ray.remote(num_cpus=0 if gpu else 1, num_gpus=1 if gpu else 0)(certifier)
+    return [
+        actor_cls.remote(
+            cfg.model,
+            cfg.sigma,
+            device=device,
+            dtype=cfg.dtype,
+            batch_size=cfg.batch_size,
+            center=center,
+            plugin=plugin,
+            threads=None if gpu else 1,
+        )
+        for _ in range(min(workers, images))
+    ]
+
+
 def _sanity_checks(cfg: Any, images: torch.Tensor | None = None) -> list[Any]:
     """The checks of :mod:`featsmooth.checks` that apply to certification settings."""
     from featsmooth.checks import run_checks
@@ -612,7 +760,10 @@ def certify(
             (folder/file) or ``photos=True``, ``sigma``, ``n0``, ``n``, ``alpha``, ``method``,
             ``radii``, ``tolerance``, ``target_cosine``/``target_radius``, ``batch_size``,
             ``seed``, ``device``, ``dtype``, ``center``, ``keep_samples``, ``task``,
-            ``classes``, ``size``, ``plugin`` (folder), ``run_dir``, ``progress``.
+            ``classes``, ``size``, ``plugin`` (folder), ``run_dir``, ``progress``;
+            ``ray=True`` spreads the images over Ray workers (``workers``, default one per
+            CPU/GPU; ``ray_address`` an existing cluster, default a local one): feature
+            certificates only, the same records as without Ray (``seconds`` aside).
 
     Returns:
         :class:`RunResult`; records follow the schema of :mod:`featsmooth.records`.
@@ -634,19 +785,34 @@ def certify(
         raise InputError("no images: give --images DIR (a folder or file) or --photos")
     if cfg.images is not None and not Path(cfg.images).exists():
         raise FileNotFoundError(f"image folder or file not found: {cfg.images}")
+    if not cfg.ray and (cfg.ray_address is not None or cfg.workers is not None):
+        raise InputError("--ray-address and --workers need --ray")
+    if cfg.ray:
+        if cfg.task == "zero-shot" or cfg.classes:
+            raise InputError(RAY_FEATURES_ONLY)
+        from featsmooth.distributed import _import_ray
+
+        _import_ray()  # Ray missing: say so before loading anything
     if on_config is not None:
         on_config(cfg)
     encoder = load_model(cfg.model, cfg.device, cfg.dtype)
     plugin = _load_plugin(cfg.plugin, cfg.device) if getattr(cfg, "plugin", None) else None
     classes = zero_shot_classes(encoder, cfg.classes, cfg.task)
+    if cfg.ray and classes is not None:
+        raise InputError(RAY_FEATURES_ONLY)
     size = cfg.size or model_image_size(encoder)
     source = _select_images(cfg.images, cfg.photos, size, classes[0] if classes else None)
     checks = _sanity_checks(cfg, source.image(0).unsqueeze(0))
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
-    records, new, skipped, _ = _certify_images(
-        cfg, encoder, source, size, classes, plugin=plugin, on_record=on_record,
-        on_start=on_start,
-    )  # fmt: skip
+    if cfg.ray:
+        records, new, skipped = _certify_images_ray(
+            cfg, encoder, source, size, plugin=plugin, on_record=on_record, on_start=on_start
+        )
+    else:
+        records, new, skipped, _ = _certify_images(
+            cfg, encoder, source, size, classes, plugin=plugin, on_record=on_record,
+            on_start=on_start,
+        )  # fmt: skip
     C.save_config(cfg, cfg.run_dir, "certify")
     return RunResult(
         run_dir=Path(cfg.run_dir),

@@ -368,7 +368,8 @@ def demo(
 @app.command(
     epilog="Example: featsmooth certify default --photos --sigma 0.25 --n 2000\n\n"
     "Example: featsmooth certify synthetic-trig --images my_pngs/ --size 32 --keep-samples "
-    "--run-dir runs/trig"
+    "--run-dir runs/trig\n\n"
+    "Example: featsmooth certify synthetic-trig --images my_pngs/ --ray --workers 4"
 )
 def certify(
     model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
@@ -428,6 +429,24 @@ def certify(
     run_dir: RunDirOpt = None,
     config: ConfigOpt = None,
     progress: ProgressOpt = None,
+    ray: Annotated[
+        bool | None,
+        typer.Option(
+            "--ray/--no-ray",
+            help="Spread the images over Ray workers (one encoder each; --task features "
+            "only). Same records as without it. Needs: pip install featsmooth[ray]",
+        ),
+    ] = None,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            "--ray-address", help="Existing Ray cluster (auto, ray://host:10001). [default: local]"
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Ray workers. [default: one per GPU, else one per CPU]"),
+    ] = None,
 ) -> None:
     """Certify feature cosines (FCSB) and, for text-image models, zero-shot predictions.
 
@@ -448,7 +467,8 @@ def certify(
             radii=radii, tolerance=tolerance, target_cosine=target_cosine,
             target_radius=target_radius, batch_size=batch_size, seed=seed, device=device,
             dtype=dtype, size=size, center=center, keep_samples=keep_samples, task=task,
-            classes=classes, plugin=plugin, run_dir=run_dir, progress=progress,
+            classes=classes, plugin=plugin, run_dir=run_dir, progress=progress, ray=ray,
+            ray_address=ray_address, workers=workers,
         ),
     )  # fmt: skip
     print_run(result)

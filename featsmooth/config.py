@@ -77,6 +77,9 @@ class CertifyConfig(_ModelSettings):
     plugin: str | None = None
     run_dir: str | None = None
     progress: bool = True
+    ray: bool = False
+    ray_address: str | None = None
+    workers: int | None = None
 
 
 @dataclass
@@ -352,7 +355,7 @@ def validate(cfg: Any) -> Any:
             )
     _positive(cfg, "n0", "n", "batch_size", "size", "steps", "restarts", "top_k", "eot")
     _positive(cfg, "judge_draws", "draws_per_image", "lr", "tolerance", "target_radius")
-    _positive(cfg, "check_draws", "attack_batch_size")
+    _positive(cfg, "check_draws", "attack_batch_size", "workers")
     if getattr(cfg, "check_alpha", None) is not None and not 0.0 < cfg.check_alpha < 1.0:
         raise InputError(f"check-alpha must lie strictly between 0 and 1, got {cfg.check_alpha!r}")
     if getattr(cfg, "alpha", None) is not None and not 0.0 < cfg.alpha < 1.0:
