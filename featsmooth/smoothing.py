@@ -256,10 +256,13 @@ class SmoothedEncoder:
         gens, _ = self._generators(images.shape[0], seed)
         sums: dict[int, torch.Tensor] = {}
         for i, feats in self._sample(
-            images, [n] * images.shape[0], gens, batch_size or self.batch_size
+            images, [n] * images.shape[0], gens, self._batch_size(batch_size)
         ):
             sums[i] = sums.get(i, 0) + feats.sum(0)
         return torch.stack([sums[i] / n for i in range(images.shape[0])]).float()
+
+    def _batch_size(self, batch_size: int | None) -> int:
+        return self.batch_size if batch_size is None else _check_count("batch_size", batch_size)
 
     def unflatten(self, features: torch.Tensor) -> torch.Tensor:
         """Reshape flat ``(B, k)`` features to the encoder's ``(B, *feature_shape)``."""
@@ -332,7 +335,7 @@ class SmoothedEncoder:
             cosine, radius = target
             needed = float(bounds.required_score(cosine, radius, self.sigma))
         images = self._validate_images(images)
-        batch_size = batch_size or self.batch_size
+        batch_size = self._batch_size(batch_size)
         b = images.shape[0]
         gens, seeds = self._generators(b, seed)
         bar = _progress(progress, total=b * (n0 + n), description="certify")
@@ -528,7 +531,7 @@ class SmoothedEncoder:
         """
         self._validate_run(n0, n, alpha, method)
         images = self._validate_images(images)
-        batch_size = batch_size or self.batch_size
+        batch_size = self._batch_size(batch_size)
         emb = torch.as_tensor(np.asarray(class_embeddings), dtype=torch.float64).to(self.device)
         if emb.ndim != 2 or emb.shape[0] < 2:
             raise InputError("class_embeddings must have shape (K, k) with K >= 2 classes")

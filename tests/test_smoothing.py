@@ -215,6 +215,8 @@ def test_bad_sigma(trig90, kwargs, match):
         ({"n": 0}, "n must"),
         ({"method": "magic"}, "method"),
         ({"tolerance": -0.1}, "tolerance"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"batch_size": -3}, "batch_size"),
     ],
 )
 def test_bad_certify_arguments(trig90, images, kwargs, match):
