@@ -865,7 +865,7 @@ def demo(
     """Certify the shipped photos with the offline zero-shot default (``"default"``).
 
     One sampling pass per photo gives the feature certificate and the certified smoothed
-    prediction. Defaults (:class:`featsmooth.config.DemoConfig`): sigma 0.25, n0 32, n 500,
+    prediction. Defaults (:class:`featsmooth.config.DemoConfig`): sigma 0.25, n0 16, n 300,
     alpha 0.001, betting bound, radii 0.1/0.25/0.5, records in ``runs/demo`` (resumable).
     ``fast=True``: 2 photos, n0 8, n 32 (a smoke test; loose bounds).
 

@@ -309,7 +309,7 @@ def _root(
 
 
 @app.command(
-    epilog="Example: featsmooth demo          (9 photos, n0 32 + n 500 noise draws each)\n\n"
+    epilog="Example: featsmooth demo          (9 photos, n0 16 + n 300 noise draws each)\n\n"
     "Example: featsmooth demo --fast   (2 photos, few samples: a smoke test)"
 )
 def demo(

@@ -87,8 +87,8 @@ class DemoConfig:
     """Settings of ``featsmooth demo``: the offline default on the shipped photos."""
 
     sigma: float = 0.25
-    n0: int = 32
-    n: int = 500
+    n0: int = 16
+    n: int = 300
     alpha: float = 0.001
     method: str = "betting"
     radii: list[float] = field(default_factory=lambda: list(DEFAULT_RADII))
