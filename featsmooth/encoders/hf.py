@@ -401,24 +401,50 @@ def wrap_open_clip_model(
     return enc
 
 
+def _load_text_image(
+    name_or_path: str,
+    device: torch.device | str | None,
+    dtype: torch.dtype | str | None,
+    *,
+    model_cls: str,
+    vision_cls: str,
+    vision_type: str,
+    encoder_cls: type,
+    mean: Sequence[float],
+    std: Sequence[float],
+) -> Any:
+    """Shared loader of CLIP-style checkpoints: the full model, or its vision half alone
+    (``model_type == vision_type``, then no tokenizer); normalisation from the checkpoint's
+    preprocessor config with ``mean``/``std`` as the fallback."""
+    import transformers as tf
+
+    kind = read_model_config(name_or_path).get("model_type")
+    vision_only = kind == vision_type
+    cls = getattr(tf, vision_cls if vision_only else model_cls)
+    model = _pretrained(cls.from_pretrained, name_or_path, dtype=_resolve_dtype(dtype))
+    mean, std = _normalisation(_read_preprocessor_config(name_or_path), mean, std)
+    tokenizer = None if vision_only else _load_tokenizer(name_or_path)
+    enc = encoder_cls(_finish(model, None), tokenizer, mean=mean, std=std, name=str(name_or_path))
+    return _finish(enc, device)
+
+
 def load_clip(
     name_or_path: str,
     device: torch.device | str | None = None,
     dtype: torch.dtype | str | None = None,
 ) -> CLIPEncoder:
     """Load a CLIP checkpoint (``CLIPModel`` or vision-only with projection) as a CLIPEncoder."""
-    import transformers as tf
-
-    cfg = read_model_config(name_or_path)
-    kind = cfg.get("model_type")
-    cls = tf.CLIPVisionModelWithProjection if kind == "clip_vision_model" else tf.CLIPModel
-    model = _pretrained(cls.from_pretrained, name_or_path, dtype=_resolve_dtype(dtype))
-    mean, std = _normalisation(
-        _read_preprocessor_config(name_or_path), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
+    return _load_text_image(
+        name_or_path,
+        device,
+        dtype,
+        model_cls="CLIPModel",
+        vision_cls="CLIPVisionModelWithProjection",
+        vision_type="clip_vision_model",
+        encoder_cls=CLIPEncoder,
+        mean=OPENAI_CLIP_MEAN,
+        std=OPENAI_CLIP_STD,
     )
-    tokenizer = _load_tokenizer(name_or_path) if kind != "clip_vision_model" else None
-    enc = CLIPEncoder(_finish(model, None), tokenizer, mean=mean, std=std, name=str(name_or_path))
-    return _finish(enc, device)
 
 
 def load_siglip(
@@ -427,16 +453,17 @@ def load_siglip(
     dtype: torch.dtype | str | None = None,
 ) -> SiglipEncoder:
     """Load a SigLIP checkpoint (``SiglipModel`` or ``SiglipVisionModel``) as a SiglipEncoder."""
-    import transformers as tf
-
-    cfg = read_model_config(name_or_path)
-    kind = cfg.get("model_type")
-    cls = tf.SiglipVisionModel if kind == "siglip_vision_model" else tf.SiglipModel
-    model = _pretrained(cls.from_pretrained, name_or_path, dtype=_resolve_dtype(dtype))
-    mean, std = _normalisation(_read_preprocessor_config(name_or_path), SIGLIP_MEAN, SIGLIP_STD)
-    tokenizer = _load_tokenizer(name_or_path) if kind != "siglip_vision_model" else None
-    enc = SiglipEncoder(_finish(model, None), tokenizer, mean=mean, std=std, name=str(name_or_path))
-    return _finish(enc, device)
+    return _load_text_image(
+        name_or_path,
+        device,
+        dtype,
+        model_cls="SiglipModel",
+        vision_cls="SiglipVisionModel",
+        vision_type="siglip_vision_model",
+        encoder_cls=SiglipEncoder,
+        mean=SIGLIP_MEAN,
+        std=SIGLIP_STD,
+    )
 
 
 # --------------------------------------------------------------------------- LLaVA
