@@ -18,7 +18,10 @@ violations: 0). Everything is written to ``--out`` (JSON) with the settings and 
 
     python bench/bench_attacks.py                       # small CPU run (~15 min, 2 cores)
     python bench/bench_attacks.py --steps 50 --eot 16 --judge 64 --n 2000 --threads 8
-    python bench/bench_attacks.py --plugin path/to/plugin-folder
+    python bench/bench_attacks.py --plugin path/to/plugin-folder --image-size 128
+
+Radii are l2 norms in [0, 1] pixel units of ``--image-size`` images; compare a plug-in at
+the image size it was trained on.
 
 The default run is deliberately small (few steps, few EoT draws, few certification
 samples): its numbers are an illustration of the harness on 7 photos, not a benchmark
@@ -55,6 +58,7 @@ def main() -> None:
     parser.add_argument("--budgets", default="l2:0.5,l2:1.0,linf:4/255")
     parser.add_argument("--plugin", default=None, help="trained plug-in folder (fs+plugin)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N photos")
+    parser.add_argument("--image-size", type=int, default=224, help="photo side in pixels")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=None, help="records folder (resumable)")
@@ -66,7 +70,7 @@ def main() -> None:
     encoder = load_encoder("default").eval()
     names = imagenet_classes()
     classes = class_embeddings(encoder, names)
-    photos = load_photos().labelled()
+    photos = load_photos(size=args.image_size).labelled()
     if args.limit:
         photos = photos.subset(range(min(args.limit, len(photos))))
     labels = [[p, *sorted(acc - {p})] for p, acc in zip(photos.labels, photos.acceptable)]
@@ -114,6 +118,7 @@ def main() -> None:
         "images": {"count": len(photos), "names": photos.names},
         "settings": {
             "sigma": args.sigma,
+            "image_size": args.image_size,
             "attack": "untargeted PGD on zero-shot cross-entropy (logit scale 100)",
             "budgets": [{"norm": a.norm, "eps": a.eps, "steps": a.steps} for a in attacks],
             "eot_draws": args.eot,

@@ -331,3 +331,42 @@ def test_hf_dataset_captions_and_errors(monkeypatch):
     monkeypatch.setitem(sys.modules, "datasets", None)
     with pytest.raises(ModelUnavailableError, match="pip install datasets"):
         load_hf_dataset("x", label_column="label")
+
+
+# ---- unlabelled training pool and random crops ------------------------------------------
+
+
+def test_random_crops_shape_range_and_seed():
+    from featsmooth.data.crops import random_crops
+
+    big = [torch.rand(3, 40, 60), torch.rand(3, 50, 50)]
+    a = random_crops(big, 12, 16, seed=3)
+    assert a.shape == (12, 3, 16, 16) and a.dtype == torch.float32
+    assert 0 <= float(a.min()) and float(a.max()) <= 1
+    assert torch.equal(a, random_crops(big, 12, 16, seed=3))
+    assert not torch.equal(a, random_crops(big, 12, 16, seed=4))
+    # a full-size crop without flips of a constant image is that constant
+    flat = random_crops([torch.full((3, 20, 20), 0.3)], 2, 8, scale=(1.0, 1.0), flip=False)
+    assert torch.allclose(flat, torch.full_like(flat, 0.3), atol=1e-6)
+    for bad in ({"count": 0, "size": 8}, {"count": 2, "size": 8, "scale": (0.0, 1.0)}):
+        with pytest.raises(InputError):
+            random_crops(big, **bad)
+    with pytest.raises(InputError, match="no images"):
+        random_crops([], 2, 8)
+
+
+def test_training_pool_is_offline_and_excludes_labelled_views():
+    pytest.importorskip("skimage")
+    from featsmooth.data.crops import EXTRA_IMAGES, load_training_pool
+
+    pool = load_training_pool(["flower"], extras=["clock", "brick"], max_side=128)
+    assert [n for n, _ in pool] == ["flower", "clock", "brick"]
+    for _, x in pool:
+        assert x.shape[0] == 3 and max(x.shape[1:]) <= 128
+        assert 0 <= float(x.min()) and float(x.max()) <= 1
+    assert not set(EXTRA_IMAGES) & set(PHOTOS)
+    assert "stereo_motorcycle" not in EXTRA_IMAGES
+    with pytest.raises(InputError, match="unknown image"):
+        load_training_pool(["nope"])
+    with pytest.raises(InputError, match="empty"):
+        load_training_pool([], extras=[])

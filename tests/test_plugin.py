@@ -367,3 +367,55 @@ def test_two_stage_training_keeps_stage_one_frozen():
     assert stage2.mapper.proj_out.weight.abs().sum() > 0
     with pytest.raises(InputError, match="trained for encoder"):
         train_small(TinyEncoder(seed=4), images, parts=("mapper",), steps=1, init=stage1)
+
+
+PIXEL_ONLY = {"clean_consistency": 0, "pairwise_consistency": 0, "utility": 0, "identity": 0}
+
+
+class CountingEncoder(TinyEncoder):
+    """TinyEncoder that counts the images it encodes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = 0
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        self.seen += images.shape[0]
+        return super().forward(images)
+
+
+def test_pixel_only_stage_skips_the_encoder_and_denoises():
+    encoder, images = CountingEncoder(), make_images(16)
+    plugin = train_small(
+        encoder,
+        images,
+        parts=("purifier",),
+        loss_weights=PIXEL_ONLY,
+        draws_per_image=1,
+        steps=40,
+        batch_size=8,
+        lr=3e-3,
+    )
+    history = plugin.card["history"]
+    assert all(set(h) == {"step", "loss", "pixel_mse"} for h in history)
+    # the encoder ran only for the feature-shape probe and the before/after scores
+    # (8 images x 8 draws x 2 sigmas, clean and noisy, twice), never in a training step
+    probe_and_scores = 1 + 2 * len(SIGMAS) * (8 + 8 + 8 * 8)
+    assert encoder.seen == probe_and_scores
+    first = sum(h["pixel_mse"] for h in history[:5]) / 5
+    last = sum(h["pixel_mse"] for h in history[-5:]) / 5
+    assert last < 0.9 * first
+    # the trained purifier beats the identity (clamp) on fresh noise at sigma 0.25
+    gen = torch.Generator().manual_seed(9)
+    noisy = images + 0.25 * torch.randn(images.shape, generator=gen)
+    with torch.no_grad():
+        mse_plain = (noisy.clamp(0, 1) - images).pow(2).mean()
+        mse_pur = (plugin.purifier(noisy, 0.25) - images).pow(2).mean()
+    assert mse_pur < 0.9 * mse_plain, (mse_pur, mse_plain)
+
+
+def test_pixel_only_weights_cannot_train_the_mapper():
+    with pytest.raises(InputError, match="mapper needs a feature loss"):
+        train_small(TinyEncoder(), make_images(8), parts=("mapper",), loss_weights=PIXEL_ONLY)
+    assert not L.LossWeights.from_dict(PIXEL_ONLY).needs_features
+    assert L.LossWeights().needs_features

@@ -38,6 +38,11 @@ class LossWeights:
     stats: float = 0.0
     identity: float = 0.1
 
+    @property
+    def needs_features(self) -> bool:
+        """Whether any term needs the encoder (False: a pixel-only denoising stage)."""
+        return any(v > 0 for k, v in asdict(self).items() if k != "pixel_mse")
+
     def to_dict(self) -> dict[str, float]:
         return {k: float(v) for k, v in asdict(self).items()}
 

@@ -698,30 +698,34 @@ def _train_step(
         with torch.set_grad_enabled(grad_through_encoder and torch.is_grad_enabled()):
             return encoder(images.to(enc_dtype)).to(torch.float32)
 
-    with torch.no_grad():
-        clean_raw = encoder(x.to(enc_dtype)).to(torch.float32)
-    clean = L.unit_flat(clean_raw)
-
     purified = purifier(noisy, sig_rep) if purifier is not None else noisy
-    z = run_encoder(purified)
-    mapped = mapper(z, sig_rep) if mapper is not None else z
-    feats = L.unit_flat(mapped).view(b, k, -1)
-
     terms: dict[str, torch.Tensor] = {}
-    if w.clean_consistency > 0:
+    feats = None
+    if w.needs_features:
+        with torch.no_grad():
+            clean_raw = encoder(x.to(enc_dtype)).to(torch.float32)
+        clean = L.unit_flat(clean_raw)
+        z = run_encoder(purified)
+        mapped = mapper(z, sig_rep) if mapper is not None else z
+        feats = L.unit_flat(mapped).view(b, k, -1)
+    elif "mapper" in parts:
+        raise InputError("training the mapper needs a feature loss with a positive weight")
+    if feats is None:  # pixel-only stage: the encoder is not run at all
+        pass
+    elif w.clean_consistency > 0:
         terms["clean_consistency"] = L.clean_consistency_loss(feats, clean)
-    if w.pairwise_consistency > 0 and k >= 2:
+    if feats is not None and w.pairwise_consistency > 0 and k >= 2:
         terms["pairwise_consistency"] = L.pairwise_consistency_loss(feats)
-    if w.utility > 0:
+    if feats is not None and w.utility > 0:
         pc = purifier(x, sig) if purifier is not None else x
         zc = run_encoder(pc)
         mc = mapper(zc, sig) if mapper is not None else zc
         terms["utility"] = L.utility_loss(L.unit_flat(mc), clean)
     if w.pixel_mse > 0 and "purifier" in parts:
         terms["pixel_mse"] = L.pixel_mse_loss(purified, x)
-    if w.stats > 0 and "mapper" in parts:
+    if feats is not None and w.stats > 0 and "mapper" in parts:
         terms["stats"] = L.stats_loss(feats.reshape(b * k, -1), clean)
-    if w.identity > 0 and "mapper" in parts:
+    if feats is not None and w.identity > 0 and "mapper" in parts:
         terms["identity"] = L.identity_loss(mapper, clean_raw)
     total = sum(getattr(w, name) * val for name, val in terms.items())
     if not torch.is_tensor(total) or not total.requires_grad:
@@ -731,13 +735,11 @@ def _train_step(
     optimizer.zero_grad(set_to_none=True)
     total.backward()
     optimizer.step()
-    with torch.no_grad():
-        score = float(L.score_estimate(feats.detach()).mean())
-    return {
-        "loss": float(total.detach()),
-        "train_score": score,
-        **{k_: float(v.detach()) for k_, v in terms.items()},
-    }
+    out = {"loss": float(total.detach())}
+    if feats is not None:
+        with torch.no_grad():
+            out["train_score"] = float(L.score_estimate(feats.detach()).mean())
+    return {**out, **{k_: float(v.detach()) for k_, v in terms.items()}}
 
 
 class _ProgressBar:
@@ -775,7 +777,9 @@ class _ProgressBar:
     def update(self, done: int, metrics: dict[str, float], val: dict | None) -> None:
         if self._progress is None:
             return
-        info = f"loss {metrics['loss']:.4f}  S_train {metrics['train_score']:.4f}"
+        info = f"loss {metrics['loss']:.4f}"
+        if "train_score" in metrics:
+            info += f"  S_train {metrics['train_score']:.4f}"
         if val is not None:
             s = " ".join(f"{k}:{v['score']:.3f}" for k, v in val["metrics"].items())
             info += f"  S_val[{s}]@{val['step']}"
