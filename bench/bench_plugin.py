@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from featsmooth import bounds
 from featsmooth.data.crops import load_training_pool, random_crops
 from featsmooth.data.photos import load_photos
-from featsmooth.plugin import LossWeights, Plugin, save_plugin, train_plugin
+from featsmooth.plugin import LossWeights, Plugin, pretrain_purifier, save_plugin, train_plugin
 
 VARIANTS = ("fs", "fs+plugin", "purifier", "mapper")
 
@@ -191,23 +191,13 @@ def run(args: argparse.Namespace) -> dict:
     t_pre = time.perf_counter()
     init = None
     if args.pretrain_steps > 0:
-        init = train_plugin(
+        init = pretrain_purifier(
             encoder,
             patches,
-            parts=("purifier",),
             sigmas=args.sigmas,
-            sigma_sampling="uniform",
             steps=args.pretrain_steps,
             batch_size=args.pretrain_batch,
             lr=args.pretrain_lr,
-            loss_weights={
-                "clean_consistency": 0,
-                "pairwise_consistency": 0,
-                "utility": 0,
-                "pixel_mse": 1,
-                "identity": 0,
-            },
-            draws_per_image=1,
             seed=args.seed,
             progress=not args.quiet,
             device=args.device,

@@ -913,6 +913,31 @@ def train_plugin(
     draws_per_image: Annotated[
         int | None, typer.Option(help="Noise draws per image and step. [default: 2]")
     ] = None,
+    sigma_sampling: Annotated[
+        str | None,
+        typer.Option(help="'set': draw from SIGMAS; 'uniform': between their min and max."),
+    ] = None,
+    loss_weights: Annotated[
+        str | None,
+        typer.Option(
+            help="Loss weights as name=value,... (clean_consistency, pairwise_consistency, "
+            "utility, pixel_mse, stats, identity); unnamed ones keep their defaults."
+        ),
+    ] = None,
+    crops: Annotated[
+        int | None,
+        typer.Option(help="Train on this many random crops/flips of the images (few images)."),
+    ] = None,
+    pretrain_steps: Annotated[
+        int | None,
+        typer.Option(help="Pixel-denoising steps for the purifier first (encoder not run)."),
+    ] = None,
+    val_images: Annotated[
+        str | None, typer.Option(help="Held-out images: S and clean agreement while training.")
+    ] = None,
+    val_every: Annotated[
+        int | None, typer.Option(help="Validate every this many steps. [default: 50]")
+    ] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -925,8 +950,10 @@ def train_plugin(
 ) -> None:
     """Train the plug-in (purifier + smoothness mapper) that raises the robustness score S.
 
-    The encoder stays frozen. Saves safetensors weights and a JSON card; resumes from the
-    checkpoint in OUT/checkpoint. Use it with `featsmooth certify MODEL --plugin OUT`.
+    The encoder stays frozen. With --pretrain-steps the purifier first learns plain
+    denoising (cheap: the encoder is not run), then both parts train through the encoder.
+    Saves safetensors weights and a JSON card; resumes from the checkpoints in OUT. Use it
+    with `featsmooth certify MODEL --plugin OUT`.
     """
     from featsmooth import api
 
@@ -936,8 +963,10 @@ def train_plugin(
         on_config=lambda cfg: print_config(cfg),
         **_given(
             images=images, photos=photos, sigmas=sigmas, parts=parts, steps=steps,
-            batch_size=batch_size, lr=lr, draws_per_image=draws_per_image, seed=seed,
-            device=device, dtype=dtype, size=size, out=out_dir, progress=progress,
+            batch_size=batch_size, lr=lr, draws_per_image=draws_per_image,
+            sigma_sampling=sigma_sampling, loss_weights=loss_weights, crops=crops,
+            pretrain_steps=pretrain_steps, val_images=val_images, val_every=val_every,
+            seed=seed, device=device, dtype=dtype, size=size, out=out_dir, progress=progress,
         ),
     )  # fmt: skip
     scores = result["scores"] or {}

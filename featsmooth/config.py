@@ -174,6 +174,12 @@ class TrainPluginConfig:
     batch_size: int = 8
     lr: float = 2e-4
     draws_per_image: int = 2
+    sigma_sampling: str = "set"
+    loss_weights: str | None = None
+    crops: int | None = None
+    pretrain_steps: int = 0
+    val_images: str | None = None
+    val_every: int = 50
     seed: int = 0
     device: str | None = None
     dtype: str = "float32"
@@ -355,7 +361,10 @@ def validate(cfg: Any) -> Any:
             )
     _positive(cfg, "n0", "n", "batch_size", "size", "steps", "restarts", "top_k", "eot")
     _positive(cfg, "judge_draws", "draws_per_image", "lr", "tolerance", "target_radius")
-    _positive(cfg, "check_draws", "attack_batch_size", "workers")
+    _positive(cfg, "check_draws", "attack_batch_size", "workers", "crops")
+    _positive(cfg, "pretrain_steps", "val_every", allow_zero=True)
+    if getattr(cfg, "sigma_sampling", "set") not in ("set", "uniform"):
+        raise InputError(f"sigma-sampling must be set or uniform, got {cfg.sigma_sampling!r}")
     if getattr(cfg, "check_alpha", None) is not None and not 0.0 < cfg.check_alpha < 1.0:
         raise InputError(f"check-alpha must lie strictly between 0 and 1, got {cfg.check_alpha!r}")
     if getattr(cfg, "alpha", None) is not None and not 0.0 < cfg.alpha < 1.0:

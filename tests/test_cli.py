@@ -356,6 +356,35 @@ def test_train_plugin_then_certify_with_it(tmp_path, pngs, capsys, monkeypatch):
     assert code == 2 and len(_error_lines(err)) == 1
 
 
+def test_train_plugin_two_stage_with_crops_validation_and_weights(
+    tmp_path, pngs, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run_cli(
+        capsys, "train-plugin", "synthetic-trig", "--images", "imgs", "--crops", "8",
+        "--pretrain-steps", "2", "--steps", "2", "--batch-size", "4", "--sigmas", "0.2,0.3",
+        "--sigma-sampling", "uniform", "--val-images", "imgs/img0.png", "--val-every", "1",
+        "--loss-weights", "pairwise_consistency=0.5,stats=0.1", "--out", "plug",
+        "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    card = json.loads((tmp_path / "plug/plugin.json").read_text())
+    training = card["training"]
+    assert training["sigma_sampling"] == "uniform" and training["frozen_parts"] == []
+    assert training["loss_weights"]["pairwise_consistency"] == 0.5
+    assert training["loss_weights"]["stats"] == 0.1 and training["loss_weights"]["utility"] == 1
+    assert "8 random crops" in training["data"]
+    assert card["pretraining"]["loss_weights"]["pixel_mse"] == 1
+    assert card["pretraining"]["steps"] == 2
+    assert [v["step"] for v in card["validations"]] == [1, 2]
+    assert (tmp_path / "plug/pretrain-checkpoint").is_dir()
+    code, _, err = run_cli(
+        capsys, "train-plugin", "synthetic-trig", "--images", "imgs", "--loss-weights",
+        "clean=1", "--out", "plug2", "--no-progress",
+    )  # fmt: skip
+    assert code == 2 and "unknown loss weights" in err
+
+
 # --------------------------------------------------------------------------------------
 # user errors: one red line, the right exit code, no traceback
 

@@ -18,6 +18,7 @@ from featsmooth.plugin import (
     encoder_fingerprint,
     evaluate_plugin,
     load_plugin,
+    pretrain_purifier,
     save_plugin,
     train_plugin,
 )
@@ -386,16 +387,19 @@ class CountingEncoder(TinyEncoder):
 
 def test_pixel_only_stage_skips_the_encoder_and_denoises():
     encoder, images = CountingEncoder(), make_images(16)
-    plugin = train_small(
+    plugin = pretrain_purifier(
         encoder,
         images,
-        parts=("purifier",),
-        loss_weights=PIXEL_ONLY,
-        draws_per_image=1,
+        sigmas=SIGMAS,
         steps=40,
         batch_size=8,
         lr=3e-3,
+        progress=False,
+        val_draws=8,
+        purifier_config=SMALL_PURIFIER,
     )
+    assert plugin.parts == ("purifier",)
+    assert plugin.card["training"]["sigma_sampling"] == "uniform"
     history = plugin.card["history"]
     assert all(set(h) == {"step", "loss", "pixel_mse"} for h in history)
     # the encoder ran only for the feature-shape probe and the before/after scores
@@ -419,3 +423,5 @@ def test_pixel_only_weights_cannot_train_the_mapper():
         train_small(TinyEncoder(), make_images(8), parts=("mapper",), loss_weights=PIXEL_ONLY)
     assert not L.LossWeights.from_dict(PIXEL_ONLY).needs_features
     assert L.LossWeights().needs_features
+    with pytest.raises(InputError, match="sets parts itself"):
+        pretrain_purifier(TinyEncoder(), make_images(8), parts=("mapper",))

@@ -14,7 +14,7 @@ from featsmooth.plugin.losses import LossWeights
 from featsmooth.plugin.mapper import MapperConfig, SmoothnessMapper
 from featsmooth.plugin.plugged import PluggedEncoder, Plugin, encoder_fingerprint
 from featsmooth.plugin.purifier import Purifier, PurifierConfig
-from featsmooth.plugin.train import evaluate_plugin, train_plugin
+from featsmooth.plugin.train import evaluate_plugin, pretrain_purifier, train_plugin
 
 __all__ = [
     "LossWeights",
@@ -27,6 +27,7 @@ __all__ = [
     "encoder_fingerprint",
     "evaluate_plugin",
     "load_plugin",
+    "pretrain_purifier",
     "read_card",
     "save_plugin",
     "train_plugin",

@@ -659,6 +659,54 @@ def train_plugin(
     return plugin
 
 
+PIXEL_ONLY_WEIGHTS = L.LossWeights(
+    clean_consistency=0.0,
+    pairwise_consistency=0.0,
+    utility=0.0,
+    pixel_mse=1.0,
+    stats=0.0,
+    identity=0.0,
+)
+
+
+def pretrain_purifier(
+    encoder: nn.Module,
+    images_or_loader: torch.Tensor | Iterable | str | Path,
+    *,
+    sigmas: float | Sequence[float] = (0.25,),
+    steps: int = 1000,
+    batch_size: int = 32,
+    lr: float = 1e-3,
+    **kwargs: Any,
+) -> Plugin:
+    """Stage 1 of two-stage training: the purifier as a plain Gaussian denoiser.
+
+    Minimises only ``mean (P(x + eps, sigma) - x)^2`` with sigma uniform over
+    ``[min(sigmas), max(sigmas)]``; the encoder is not run in the training steps (only to
+    probe its feature shape and, without ``val_images``, to score the first training
+    images), so a step costs a purifier pass and small crops (e.g. 64 px) suffice. This is
+    the warm start of denoised smoothing (Salman et al., 2020); pass the result as
+    ``init=`` to :func:`train_plugin` for stage 2 through the frozen encoder. Other
+    keyword arguments go to :func:`train_plugin`.
+    """
+    for key in ("parts", "loss_weights", "draws_per_image", "sigma_sampling"):
+        if key in kwargs:
+            raise InputError(f"pretrain_purifier sets {key} itself")
+    return train_plugin(
+        encoder,
+        images_or_loader,
+        sigmas=sigmas,
+        sigma_sampling="uniform",
+        parts=("purifier",),
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        loss_weights=PIXEL_ONLY_WEIGHTS,
+        draws_per_image=1,
+        **kwargs,
+    )
+
+
 def _describe_data(data: torch.Tensor | Iterable) -> str:
     if torch.is_tensor(data):
         return f"tensor of {data.shape[0]} images of shape {tuple(data.shape[1:])}"
