@@ -269,6 +269,25 @@ def test_bf16_model_and_no_param_grads():
     assert all(p.grad is None for p in model.parameters())
 
 
+def test_foa_dynamic_weights_follow_learning_speed():
+    foa = FOAAttack([TinyNet(), TinyNet(seed=1)], steps=3)
+    first = torch.tensor([[0.2, 0.4], [0.5, -0.5]])
+    assert torch.equal(foa.dynamic_weights(first, 0), torch.ones(2, 2))  # first step
+    last = torch.tensor([[0.4, 0.4], [0.5, -0.5]])
+    assert torch.equal(foa.dynamic_weights(last, 0), torch.ones(2, 2))  # another EoT pass
+    # step 1: ratios against the last pass of step 0
+    now = torch.tensor([[0.8, 0.4], [0.5, -0.25]])
+    w = foa.dynamic_weights(now, 1)
+    expected = 2 * torch.softmax(torch.tensor([[2.0, 1.0], [1.0, -0.5]]), dim=1)
+    assert torch.allclose(w, expected)
+    assert torch.allclose(w.sum(1), torch.full((2,), 2.0))
+    assert w[0, 0] > w[0, 1] and w[1, 0] > w[1, 1]  # the faster-improving encoder weighs more
+    # a restart (step 0 again) forgets the history
+    assert torch.equal(foa.dynamic_weights(now, 0), torch.ones(2, 2))
+    with pytest.raises(InputError, match="temperature"):
+        FOAAttack(TinyNet(), temperature=0.0)
+
+
 def test_apgd_checkpoints_match_autoattack_schedule():
     # AutoAttack, 100 iterations: checks after 22, 41, 57, 70, 80, 87, 93, 99 iterations
     assert apgd_checkpoints(100) == [21, 40, 56, 69, 79, 86, 92, 98]
@@ -294,8 +313,17 @@ def test_paper_attack_defaults():
         lambda m: MAttack(m, steps=80, crop_target=True),  # local-to-local: slower
         lambda m: FOAAttack(m, steps=15, num_local_crops=3),
         lambda m: FOAAttack(m, m.tokens, steps=15, num_clusters=4),
+        lambda m: FOAAttack([m, TinyNet(seed=1)], steps=15, num_local_crops=3),
     ],
-    ids=["mf-ii", "mf-ii-ensemble", "m-attack-ensemble", "m-attack-local", "foa-crops", "foa-tok"],
+    ids=[
+        "mf-ii",
+        "mf-ii-ensemble",
+        "m-attack-ensemble",
+        "m-attack-local",
+        "foa-crops",
+        "foa-tok",
+        "foa-dynamic-ensemble",
+    ],
 )
 def test_targeted_embedding_attacks_raise_target_cosine(net, make):
     x, target = images(), images(seed=7)

@@ -5,8 +5,9 @@ Optimal Alignment", 2025 (FOA-Attack). On top of M-Attack's random local crops, 
 adversarial image's *local* features (patch tokens, or features of several crops),
 optionally summarised by k-means, are aligned with the target's local features by entropic
 optimal transport (Sinkhorn), while the global features are aligned by cosine similarity.
-Protocol: linf 16/255, 300 steps, step 1/255. (The paper's dynamic ensemble weighting is
-not implemented: ensemble weights are fixed.)
+Protocol: linf 16/255, 300 steps, step 1/255. With an ensemble, the paper's dynamic
+weighting rescales each encoder's term every step by its "learning speed" (see
+:meth:`FOAAttack.dynamic_weights`).
 """
 
 from __future__ import annotations
@@ -114,6 +115,8 @@ class FOAAttack(MAttack):
         num_clusters: summarise local features by k-means with this many clusters (None:
             use all local features).
         sinkhorn_reg, sinkhorn_iters: entropic regularisation (0.1) and iterations (20).
+        dynamic: dynamic ensemble weighting (True, as in the paper; no effect with one
+            encoder); ``temperature`` its softmax temperature (1).
         norm, eps, steps, step_size, crop_scale, crop_ratio, weights, random_start,
         keep_best, **kwargs: see :class:`MAttack`.
 
@@ -140,6 +143,8 @@ class FOAAttack(MAttack):
         num_clusters: int | None = None,
         sinkhorn_reg: float = 0.1,
         sinkhorn_iters: int = 20,
+        dynamic: bool = True,
+        temperature: float = 1.0,
         **kwargs: Any,
     ) -> None:
         if kwargs.get("crop_target"):
@@ -162,8 +167,35 @@ class FOAAttack(MAttack):
         self.local_weight = float(local_weight)
         self.num_local_crops = num_local_crops
         self.num_clusters = num_clusters
+        if not temperature > 0 or not math.isfinite(temperature):
+            raise InputError(f"temperature must be > 0, got {temperature!r}")
         self.sinkhorn_reg = float(sinkhorn_reg)
         self.sinkhorn_iters = sinkhorn_iters
+        self.dynamic = bool(dynamic)
+        self.temperature = float(temperature)
+        self._previous: torch.Tensor | None = None
+        self._latest: torch.Tensor | None = None
+        self._step = -1
+
+    def dynamic_weights(self, values: torch.Tensor, step: int) -> torch.Tensor:
+        """FOA's dynamic ensemble weights ``(B, M)`` for per-encoder objectives ``(B, M)``.
+
+        ``M * softmax_m(r_m / T)`` with the learning speed ``r_m = v_m(t) / |v_m(t-1)|`` of
+        encoder ``m``'s objective (maximised; the reference code's ratio of consecutive
+        steps' values, made sign-safe), computed without gradient. ``v(t-1)`` is the last
+        value of the previous step (EoT passes within a step share it). The weights sum to
+        ``M``; the first step of every run or restart uses equal weights (1 each).
+        """
+        v = values.detach()
+        if step != self._step:  # a new step: the last step's values become the reference
+            self._previous = None if step == 0 else self._latest
+            self._step = step
+        self._latest = v
+        prev = self._previous
+        if prev is None or prev.shape != v.shape:
+            return torch.ones_like(v)
+        ratio = v / prev.abs().clamp_min(1e-8)
+        return v.shape[1] * torch.softmax(ratio / self.temperature, dim=1)
 
     # -------------------------------------------------------------- local features
     def _local(self, m: int, images: torch.Tensor) -> torch.Tensor:
@@ -221,14 +253,14 @@ class FOAAttack(MAttack):
                 masses.append(mass.expand(b, *mass.shape[1:]))
         out["target_local"] = local
         out["target_mass"] = masses
+        self._previous, self._latest, self._step = None, None, -1
         return out
 
     def _step_values(self, x_adv: torch.Tensor, targets: Targets, step: int) -> torch.Tensor:
         view = self._view(x_adv, step)
-        total = torch.zeros(x_adv.shape[0], device=x_adv.device)
-        for m, w in enumerate(self.weights):
-            if w == 0:
-                continue
+        used = [(m, w) for m, w in enumerate(self.weights) if w > 0]
+        values = []
+        for m, _ in used:
             value = self._match(m, view, targets, step)
             if self.local_weight > 0:
                 tokens, mass = self._summarise(self._local(m, view))
@@ -236,5 +268,8 @@ class FOAAttack(MAttack):
                     tokens, mass, targets["target_local"][m], targets["target_mass"][m]
                 )
                 value = value - self.local_weight * ot
-            total = total + w * value
-        return total
+            values.append(value)
+        stacked = torch.stack(values, dim=1)  # (B, M)
+        fixed = torch.tensor([w for _, w in used], device=stacked.device, dtype=stacked.dtype)
+        scale = self.dynamic_weights(stacked, step) if self.dynamic and len(used) > 1 else 1.0
+        return (stacked * fixed * scale).sum(dim=1)
