@@ -1257,7 +1257,7 @@ def evaluate(
         ``records``, ``skipped``, ``violations``); records are resumable in ``run_dir``
         (default ``runs/evaluate-<model>``).
     """
-    from featsmooth.evaluate import AttackSpec, parse_attack
+    from featsmooth.evaluate import EMBEDDING_ATTACKS, AttackSpec, parse_attack
     from featsmooth.evaluate import evaluate as _evaluate
 
     overrides = dict(settings)
@@ -1274,8 +1274,10 @@ def evaluate(
         raise FileNotFoundError(f"image folder or file not found: {cfg.images}")
     if cfg.dtype != "float32":
         raise InputError("evaluate runs the model in float32 only; drop --dtype")
+    if cfg.target_image is not None and not Path(cfg.target_image).is_file():
+        raise FileNotFoundError(f"target image not found: {cfg.target_image}")
     if cfg.attacks:
-        specs = [parse_attack(a) for a in cfg.attacks]
+        specs = [parse_attack(a) for a in cfg.attacks if not _names_target(a)]
     else:
         specs = [
             AttackSpec(cfg.attack, cfg.norm, eps, cfg.steps, objective="auto",
@@ -1312,6 +1314,11 @@ def evaluate(
         ]
     images = source.all_images()
     _sanity_checks(cfg, images[:1])
+    if cfg.attacks:  # now that the class names are known, targets may name classes
+        specs = [parse_attack(a, classes[0] if classes else None) for a in cfg.attacks]
+    if any(s.name in EMBEDDING_ATTACKS for s in specs) and cfg.target_image is None:
+        raise InputError(f"{', '.join(EMBEDDING_ATTACKS)} attacks need --target-image")
+    target = folder_images(cfg.target_image, size).all_images() if cfg.target_image else None
     settings_run = ["vanilla", "fs", *(["fs+plugin"] if plugin is not None else [])]
     return _evaluate(
         encoder,
@@ -1322,6 +1329,7 @@ def evaluate(
         plugin=plugin,
         sigma=cfg.sigma,
         attacks=specs,
+        target_images=target,
         eot_draws=cfg.eot,
         judge_draws=cfg.judge_draws,
         n0=cfg.n0,
@@ -1439,6 +1447,17 @@ def train_plugin(
     save_plugin(plugin, out)
     C.save_config(cfg, out, "train-plugin")
     return {"out": out, "scores": plugin.card.get("scores", {}), "card": plugin.card}
+
+
+def _names_target(spec: Any) -> bool:
+    """Whether an attack string's ``target=`` names classes (resolved once they are loaded)."""
+    if not isinstance(spec, str):
+        return False
+    return any(
+        part.strip().startswith("target=")
+        and not part.split("=", 1)[1].replace("+", "").replace(",", "").lstrip("-").isdigit()
+        for part in spec.split(":")
+    )
 
 
 def parse_loss_weights(text: str | dict | None) -> dict[str, float] | None:

@@ -764,9 +764,14 @@ def evaluate(
     attacks: Annotated[
         str | None,
         typer.Option(
-            help="Full attack specs separated by ';' (e.g. pgd:l2:0.5:steps=20); they replace "
+            help="Full attack specs separated by ';' (e.g. pgd:l2:0.5:steps=20, or the "
+            "paper's mf-ii:linf:16/255:steps=300:target=shark); they replace "
             "--attack/--norm/--eps/--steps."
         ),
+    ] = None,
+    target_image: Annotated[
+        str | None,
+        typer.Option(help="Target image of the embedding-matching attacks (mf-ii, m-attack, foa)."),
     ] = None,
     plugin: Annotated[
         str | None, typer.Option(help="Plug-in folder: adds the setting fs+plugin.")
@@ -829,7 +834,7 @@ def evaluate(
         **_given(
             images=images, photos=photos, attack=attack_name, norm=norm, eps=eps, steps=steps,
             step_size=step_size, restarts=restarts, attacks=attacks, plugin=plugin,
-            sigma=sigma, eot=eot, judge_draws=judge_draws, n0=n0, n=n, alpha=alpha,
+            target_image=target_image, sigma=sigma, eot=eot, judge_draws=judge_draws, n0=n0, n=n, alpha=alpha,
             method=method, radii=radii, check_draws=check_draws, classes=classes, task=task,
             batch_size=batch_size, seed=seed, device=device, size=size, run_dir=run_dir,
             progress=progress,

@@ -133,7 +133,9 @@ class EvaluateConfig(_ModelSettings):
 
     One attack per budget in ``eps`` (``attack``/``norm``/``steps``/``step_size``/
     ``restarts``), or full specifications in ``attacks`` (``"pgd:l2:0.5:steps=20"``, see
-    :func:`featsmooth.evaluate.parse_attack`), which then replace them.
+    :func:`featsmooth.evaluate.parse_attack`), which then replace them. The targeted
+    embedding-matching attacks (``mf-ii``, ``m-attack``, ``foa``) match the features of
+    ``target_image``.
     """
 
     attack: str = "pgd"
@@ -144,6 +146,7 @@ class EvaluateConfig(_ModelSettings):
     step_size: float | None = None
     restarts: int = 1
     plugin: str | None = None
+    target_image: str | None = None
     eot: int = 8
     judge_draws: int = 32
     n0: int = 64

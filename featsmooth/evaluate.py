@@ -153,10 +153,14 @@ class AttackSpec:
         return text + (f"-{self.label}" if self.label else "")
 
 
-def parse_attack(spec: str | dict[str, Any] | AttackSpec) -> AttackSpec:
+def parse_attack(
+    spec: str | dict[str, Any] | AttackSpec, class_names: Sequence[str] | None = None
+) -> AttackSpec:
     """An :class:`AttackSpec` from itself, a dict of its fields, or a string
     ``"name:norm:eps[:key=value...]"`` such as ``"pgd:l2:0.5:steps=20"`` or
-    ``"mf-ii:linf:16/255:steps=300:step_size=1/255:target=2"``."""
+    ``"mf-ii:linf:16/255:steps=300:step_size=1/255:target=2"``. With ``class_names`` a
+    target may also name classes: ``target=shark`` means every class whose name contains
+    the word (:func:`classes_named`)."""
     if isinstance(spec, AttackSpec):
         return spec
     if isinstance(spec, dict):
@@ -178,7 +182,15 @@ def parse_attack(spec: str | dict[str, Any] | AttackSpec) -> AttackSpec:
         if k in fields:
             fields[k] = int(fields[k])
     if "target" in fields and isinstance(fields["target"], str):
-        fields["target"] = tuple(int(v) for v in re.split(r"[+,]", fields["target"]) if v)
+        found: list[int] = []
+        for v in (v.strip() for v in re.split(r"[+,]", fields["target"]) if v.strip()):
+            if v.lstrip("-").isdigit():
+                found.append(int(v))
+            elif class_names is None:
+                raise InputError(f"target {v!r} is not a class index (no class names given)")
+            else:
+                found.extend(classes_named(class_names, v))
+        fields["target"] = tuple(dict.fromkeys(found))  # first occurrence order, no repeats
     if isinstance(fields.get("eps"), str) and "/" not in fields["eps"]:
         fields["eps"] = float(fields["eps"])
     unknown = set(fields) - set(AttackSpec.__dataclass_fields__)

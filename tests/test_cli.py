@@ -313,6 +313,23 @@ def test_evaluate_certificate_holds_against_attack(tmp_path, pngs, capsys, monke
     assert "0/1" in out2 and "all records present" not in out2  # --no-progress: quiet
 
 
+def test_evaluate_embedding_attack_needs_and_uses_a_target_image(
+    tmp_path, pngs, capsys, monkeypatch
+):
+    monkeypatch.chdir(tmp_path)
+    base = [a for a in EVALUATE if a not in ("--eps", "0.25")]
+    attack = ["--attacks", "mf-ii:linf:8/255:steps=3"]
+    code, _, err = run_cli(capsys, *base, *attack)
+    assert code == 2 and "--target-image" in err
+    code, _, err = run_cli(capsys, *base, *attack, "--target-image", "imgs/nope.png")
+    assert code == 2 and "nope.png" in err
+    code, _, err = run_cli(capsys, *base, *attack, "--target-image", "imgs/img2.png")
+    assert code == 0, err
+    records = [r for r in read_records(tmp_path / "runs/ev") if r.get("attack")]
+    assert {r["setting"] for r in records} == {"vanilla", "fs"}
+    assert all(r["attack"] == "mf-ii" and r["targeted"] for r in records)
+
+
 def test_evaluate_exits_6_on_a_violated_certificate(tmp_path, pngs, capsys, monkeypatch):
     """A check whose upper confidence bound falls below the certificate (simulated here by
     a broken bound in the consistency module only) must fail the command loudly."""

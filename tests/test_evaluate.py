@@ -156,6 +156,12 @@ def test_parse_attack_and_ids():
     sharks = classes_named(imagenet_classes(), "shark")
     assert sharks == (2, 3, 4)
     assert [s.name for s in paper_protocol(sharks)] == ["mf-ii", "m-attack", "foa"]
+    named = parse_attack("foa:linf:16/255:target=shark+2+goldfish", imagenet_classes())
+    assert named.target == (2, 3, 4, 1)
+    with pytest.raises(InputError, match="no class names"):
+        parse_attack("foa:linf:16/255:target=shark")
+    with pytest.raises(InputError, match="no class name contains"):
+        parse_attack("foa:linf:16/255:target=unicorn", imagenet_classes())
 
 
 # ------------------------------------------------------------------ evaluate end to end
