@@ -756,25 +756,24 @@ def _train_step(
         z = run_encoder(purified)
         mapped = mapper(z, sig_rep) if mapper is not None else z
         feats = L.unit_flat(mapped).view(b, k, -1)
+        if w.clean_consistency > 0:
+            terms["clean_consistency"] = L.clean_consistency_loss(feats, clean)
+        if w.pairwise_consistency > 0 and k >= 2:
+            terms["pairwise_consistency"] = L.pairwise_consistency_loss(feats)
+        if w.utility > 0:
+            pc = purifier(x, sig) if purifier is not None else x
+            zc = run_encoder(pc)
+            mc = mapper(zc, sig) if mapper is not None else zc
+            terms["utility"] = L.utility_loss(L.unit_flat(mc), clean)
+        if w.stats > 0 and "mapper" in parts:
+            terms["stats"] = L.stats_loss(feats.reshape(b * k, -1), clean)
+        if w.identity > 0 and "mapper" in parts:
+            terms["identity"] = L.identity_loss(mapper, clean_raw)
     elif "mapper" in parts:
         raise InputError("training the mapper needs a feature loss with a positive weight")
-    if feats is None:  # pixel-only stage: the encoder is not run at all
-        pass
-    elif w.clean_consistency > 0:
-        terms["clean_consistency"] = L.clean_consistency_loss(feats, clean)
-    if feats is not None and w.pairwise_consistency > 0 and k >= 2:
-        terms["pairwise_consistency"] = L.pairwise_consistency_loss(feats)
-    if feats is not None and w.utility > 0:
-        pc = purifier(x, sig) if purifier is not None else x
-        zc = run_encoder(pc)
-        mc = mapper(zc, sig) if mapper is not None else zc
-        terms["utility"] = L.utility_loss(L.unit_flat(mc), clean)
+    # pixel-only stage (no feature term): the encoder is not run at all
     if w.pixel_mse > 0 and "purifier" in parts:
         terms["pixel_mse"] = L.pixel_mse_loss(purified, x)
-    if feats is not None and w.stats > 0 and "mapper" in parts:
-        terms["stats"] = L.stats_loss(feats.reshape(b * k, -1), clean)
-    if feats is not None and w.identity > 0 and "mapper" in parts:
-        terms["identity"] = L.identity_loss(mapper, clean_raw)
     total = sum(getattr(w, name) * val for name, val in terms.items())
     if not torch.is_tensor(total) or not total.requires_grad:
         raise InputError("no loss term with a positive weight depends on the trained parts")
