@@ -59,6 +59,11 @@ def main() -> None:
     parser.add_argument("--plugin", default=None, help="trained plug-in folder (fs+plugin)")
     parser.add_argument("--limit", type=int, default=None, help="use the first N photos")
     parser.add_argument("--image-size", type=int, default=224, help="photo side in pixels")
+    parser.add_argument(
+        "--ten-classes",
+        action="store_true",
+        help="zero-shot over the 10-class subset of bench_paper_protocol (not all 1000)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=None, help="records folder (resumable)")
@@ -69,11 +74,18 @@ def main() -> None:
     start = time.perf_counter()
     encoder = load_encoder("default").eval()
     names = imagenet_classes()
-    classes = class_embeddings(encoder, names)
     photos = load_photos(size=args.image_size).labelled()
     if args.limit:
         photos = photos.subset(range(min(args.limit, len(photos))))
-    labels = [[p, *sorted(acc - {p})] for p, acc in zip(photos.labels, photos.acceptable)]
+    if args.ten_classes:
+        from bench_paper_protocol import subset_labels, ten_class_subset
+
+        subset, local = ten_class_subset(photos)
+        names = [names[c] for c in subset]
+        labels = subset_labels(photos, local)
+    else:
+        labels = [[p, *sorted(acc - {p})] for p, acc in zip(photos.labels, photos.acceptable)]
+    classes = class_embeddings(encoder, names)
     attacks = [
         AttackSpec("pgd", norm, eps if "/" in eps else float(eps), args.steps)
         for norm, eps in (b.split(":") for b in args.budgets.split(","))
@@ -120,6 +132,7 @@ def main() -> None:
             "sigma": args.sigma,
             "image_size": args.image_size,
             "attack": "untargeted PGD on zero-shot cross-entropy (logit scale 100)",
+            "classes": names if args.ten_classes else "the 1000 ImageNet-1k classes",
             "budgets": [{"norm": a.norm, "eps": a.eps, "steps": a.steps} for a in attacks],
             "eot_draws": args.eot,
             "judge_draws": args.judge,

@@ -42,6 +42,20 @@ from featsmooth.tasks.zero_shot import class_embeddings
 EXTRA_CLASSES = (0, 1, 2)  # tench, goldfish, great white shark
 
 
+def ten_class_subset(labelled) -> tuple[list[int], dict[int, int]]:
+    """The 10-class ImageNet subset: the photos' primary classes plus :data:`EXTRA_CLASSES`.
+
+    Returns the sorted ImageNet indices and the map ImageNet index -> subset index."""
+    subset = sorted({*EXTRA_CLASSES, *(int(c) for c in labelled.labels)})
+    return subset, {c: j for j, c in enumerate(subset)}
+
+
+def subset_labels(photos, local: dict[int, int]) -> list[list[int]]:
+    """Per photo its acceptable classes inside the subset, the primary one first."""
+    return [[local[c] for c in [p, *sorted(acc - {p})] if c in local]
+            for p, acc in zip(photos.labels, photos.acceptable)]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target-photo", default="coffee")
@@ -62,6 +76,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=None, help="records folder (resumable)")
     parser.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="write the JSON from the records of --run-dir (a run stopped early), no attacks",
+    )
+    parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "paper_protocol.json")
     )
     args = parser.parse_args()
@@ -74,13 +93,11 @@ def main() -> None:
         raise SystemExit(f"--target-photo must be one of {labelled.names}")
     t_idx = labelled.names.index(args.target_photo)
     target_class = labelled.labels[t_idx]
-    subset = sorted({*EXTRA_CLASSES, *(int(c) for c in labelled.labels)})
+    subset, local = ten_class_subset(labelled)
     names = imagenet_classes()
     table = class_embeddings(encoder, [names[c] for c in subset])
-    local = {c: j for j, c in enumerate(subset)}  # ImageNet index -> subset index
     sources = labelled.subset([i for i in range(len(labelled)) if i != t_idx])
-    labels = [[local[c] for c in [p, *sorted(acc - {p})] if c in local]
-              for p, acc in zip(sources.labels, sources.acceptable)]  # fmt: skip
+    labels = subset_labels(sources, local)
     settings = [s for s in args.settings.split(",") if s]
     plugin = None
     if args.plugin:
@@ -88,6 +105,66 @@ def main() -> None:
 
         plugin = load_plugin(args.plugin)
     setup = time.perf_counter() - start
+    if args.summarize_only:
+        summary, complete = summarize_records(args.run_dir)
+    else:
+        summary, complete = run_attacks(args, encoder, sources, labelled, t_idx, table, local,
+                                        target_class, labels, settings, plugin), True  # fmt: skip
+    total = time.perf_counter() - start
+    out = {
+        "bench": "paper_protocol",
+        "model": "default (EfficientNet-Lite0 x MiniLM ConSE zero-shot)",
+        "complete": complete,
+        "task": {
+            "classes": [names[c] for c in subset],
+            "target_photo": args.target_photo,
+            "target_class": names[target_class],
+            "sources": sources.names,
+            "image_size": args.image_size,
+            "linf_ball_max_l2": float(
+                parse_eps(args.eps, "linf") * math.sqrt(3 * args.image_size * args.image_size)
+            ),
+        },
+        "settings": {**vars(args), "settings_run": settings},
+        "run_settings": _run_settings(args.run_dir),
+        "summary": summary,
+        "consistency": {
+            "checked": sum(r["consistency_checked"] for r in summary),
+            "violations": int(sum(r.get("consistency_violations") or 0 for r in summary)),
+        },
+        "timing_s": {"setup": round(setup, 1), "total": round(total, 1)},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__},
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
+    cols = ("setting", "attack_id", "images", "clean_score", "robust_score", "asr",
+            "success_rate", "adv_cosine", "l2_distance")  # fmt: skip
+    print("\t".join(cols))
+    for row in summary:
+        print("\t".join(_fmt(row.get(c)) for c in cols))
+    print(f"total {total:.0f}s; written to {args.out}")
+
+
+def _run_settings(run_dir: str | None) -> dict | None:
+    """The settings the harness saved with the run (what actually ran), if any."""
+    path = Path(run_dir) / "settings.json" if run_dir else None
+    return json.loads(path.read_text()) if path is not None and path.is_file() else None
+
+
+def summarize_records(run_dir: str | None) -> tuple[list[dict], bool]:
+    """The summary of whatever a (possibly stopped) run wrote to ``run_dir``: only the
+    (setting, attack) pairs with records appear; ``complete`` is False."""
+    if run_dir is None:
+        raise SystemExit("--summarize-only needs --run-dir")
+    from featsmooth.evaluate import summarize
+    from featsmooth.records import read_records
+
+    return summarize(read_records(run_dir)), False
+
+
+def run_attacks(
+    args, encoder, sources, labelled, t_idx, table, local, target_class, labels, settings, plugin
+) -> list[dict]:
     result = evaluate_paper_protocol(
         encoder,
         sources.images,
@@ -113,37 +190,7 @@ def main() -> None:
         seed=args.seed,
         progress=True,
     )
-    total = time.perf_counter() - start
-    out = {
-        "bench": "paper_protocol",
-        "model": "default (EfficientNet-Lite0 x MiniLM ConSE zero-shot)",
-        "task": {
-            "classes": [names[c] for c in subset],
-            "target_photo": args.target_photo,
-            "target_class": names[target_class],
-            "sources": sources.names,
-            "image_size": args.image_size,
-            "linf_ball_max_l2": float(
-                parse_eps(args.eps, "linf") * math.sqrt(3 * args.image_size * args.image_size)
-            ),
-        },
-        "settings": {**vars(args), "settings_run": settings},
-        "summary": result.summary,
-        "consistency": {
-            "checked": sum(r["consistency_checked"] for r in result.summary),
-            "violations": result.violations,
-        },
-        "timing_s": {"setup": round(setup, 1), "total": round(total, 1)},
-        "machine": {"platform": platform.platform(), "torch": torch.__version__},
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    cols = ("setting", "attack_id", "clean_score", "robust_score", "asr", "success_rate",
-            "adv_cosine", "l2_distance")  # fmt: skip
-    print("\t".join(cols))
-    for row in result.summary:
-        print("\t".join(_fmt(row.get(c)) for c in cols))
-    print(f"total {total:.0f}s; written to {args.out}")
+    return result.summary
 
 
 def _fmt(value: object) -> str:
