@@ -112,8 +112,16 @@ def test_models_lists_names(capsys):
         assert name in out
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, pngs, capsys):
-    args = ["certify", "synthetic-trig", "--images", "imgs", "--n0", "16", "--n", "5000"]
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, capsys):
+    # 40 images: after the first record the run has seconds of work left, so the interrupt
+    # lands mid-run even when this process is slow to notice that record (a loaded machine)
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(40):
+        pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+    args = ["certify", "synthetic-trig", "--images", "imgs", "--n0", "16", "--n", "2000"]
     killed = tmp_path / "runs/killed"
     proc = subprocess.Popen(
         [sys.executable, "-m", "featsmooth.cli", *args, "--no-progress", "--run-dir", str(killed)],
@@ -125,8 +133,6 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, pngs, capsys
         if records_file.exists() and records_file.read_bytes().count(b"\n") >= 1:
             break
         time.sleep(0.05)
-    # each image takes far longer than one poll (even on a loaded machine), so the run is
-    # still working here
     assert proc.poll() is None, "the run finished before it could be interrupted"
     proc.send_signal(signal.SIGINT)  # Ctrl-C: exit code 130, complete records only
     assert proc.wait(timeout=60) == 130
@@ -146,7 +152,7 @@ def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, pngs, capsys
     assert code == 0, err
     resumed = [_deterministic(r) for r in read_records(killed)]
     whole = [_deterministic(r) for r in read_records(tmp_path / "runs/whole")]
-    assert len(whole) == 6
+    assert len(whole) == 40
     assert sorted(resumed, key=lambda r: r["key"]) == whole
 
 
