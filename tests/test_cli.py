@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from featsmooth import cli
 from featsmooth.records import read_records
@@ -61,15 +60,9 @@ def _deterministic(record: dict) -> dict:
 
 
 @pytest.fixture
-def pngs(tmp_path: Path) -> Path:
+def pngs(tmp_path: Path, make_pngs) -> Path:
     """Six random 32x32 RGB PNGs in tmp_path/imgs."""
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for i in range(6):
-        pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i}.png")
-    return folder
+    return make_pngs(tmp_path / "imgs", 6, seed=0)
 
 
 # --------------------------------------------------------------------------------------
@@ -112,15 +105,10 @@ def test_models_lists_names(capsys):
         assert name in out
 
 
-def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, capsys):
+def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, capsys, make_pngs):
     # 40 images: after the first record the run has seconds of work left, so the interrupt
     # lands mid-run even when this process is slow to notice that record (a loaded machine)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(40):
-        pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+    make_pngs(tmp_path / "imgs", 40, seed=1, pattern="img{i:02d}.png")
     args = ["certify", "synthetic-trig", "--images", "imgs", "--n0", "16", "--n", "2000"]
     killed = tmp_path / "runs/killed"
     proc = subprocess.Popen(

@@ -6,9 +6,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from featsmooth import cli
 from featsmooth.records import read_records
@@ -28,16 +26,10 @@ def _deterministic(records: list[dict]) -> dict:
 
 
 @pytest.fixture
-def pngs(tmp_path: Path, monkeypatch) -> Path:
+def pngs(tmp_path: Path, monkeypatch, make_pngs) -> Path:
     """Five random 32x32 RGB PNGs in tmp_path/imgs; the working folder is tmp_path."""
     monkeypatch.chdir(tmp_path)
-    folder = tmp_path / "imgs"
-    folder.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(5):
-        pixels = (rng.random((32, 32, 3)) * 255).astype(np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i}.png")
-    return folder
+    return make_pngs(tmp_path / "imgs", 5, seed=1)
 
 
 def test_ray_matches_single_process_resumes_and_reports(pngs, tmp_path, capsys):
