@@ -1022,6 +1022,40 @@ def _error(exc: BaseException, code: int) -> int:
     return code
 
 
+class _InterruptFlag:
+    """Remember a Ctrl-C (SIGINT) while it is installed, then raise KeyboardInterrupt as usual.
+
+    A KeyboardInterrupt raised inside a finaliser or a callback is printed and dropped by
+    Python; the flag lets :func:`run` still report the interruption (exit code 130) instead
+    of success. Installed only in the main thread and where SIGINT is not ignored.
+    """
+
+    def __init__(self) -> None:
+        self.seen = False
+        self._previous: Any = None
+
+    def _handler(self, signum: int, frame: Any) -> None:
+        self.seen = True
+        raise KeyboardInterrupt
+
+    def __enter__(self) -> _InterruptFlag:
+        import signal
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            current = signal.getsignal(signal.SIGINT)
+            if current is signal.default_int_handler:
+                self._previous = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
@@ -1029,8 +1063,12 @@ def run(argv: list[str] | None = None) -> int:
     command = typer.main.get_command(app)
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
+    interrupted = _InterruptFlag()
     try:
-        result = command.main(args=args, prog_name="featsmooth", standalone_mode=False)
+        with interrupted:
+            result = command.main(args=args, prog_name="featsmooth", standalone_mode=False)
+        if interrupted.seen:  # the KeyboardInterrupt was swallowed on its way up
+            raise KeyboardInterrupt
         return result if isinstance(result, int) else 0
     except _CLICK_EXITS as exc:
         return int(getattr(exc, "exit_code", 0) or 0)

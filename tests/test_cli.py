@@ -105,15 +105,35 @@ def test_models_lists_names(capsys):
         assert name in out
 
 
+def test_swallowed_ctrl_c_still_exits_130(capsys, monkeypatch):
+    from featsmooth import api
+
+    def swallowing_models():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.5)  # the handler runs here and raises KeyboardInterrupt
+        except KeyboardInterrupt:
+            pass  # as a finaliser or a library callback might
+        return []
+
+    monkeypatch.setattr(api, "models", swallowing_models)
+    code, _, err = run_cli(capsys, "models")
+    assert code == 130 and "interrupted" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
 def test_resume_after_interrupt_matches_uninterrupted_run(tmp_path, capsys, make_pngs):
     # 40 images: after the first record the run has seconds of work left, so the interrupt
     # lands mid-run even when this process is slow to notice that record (a loaded machine)
     make_pngs(tmp_path / "imgs", 40, seed=1, pattern="img{i:02d}.png")
     args = ["certify", "synthetic-trig", "--images", "imgs", "--n0", "16", "--n", "2000"]
     killed = tmp_path / "runs/killed"
+    # a child inherits an *ignored* SIGINT (some libraries set that in the test process);
+    # a user's shell starts commands with the default handler, so the child gets that here
     proc = subprocess.Popen(
         [sys.executable, "-m", "featsmooth.cli", *args, "--no-progress", "--run-dir", str(killed)],
         cwd=tmp_path, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     records_file = killed / "records.jsonl"
     deadline = time.monotonic() + 90
