@@ -13,7 +13,7 @@ the prompt "a photo of a {class}.". Smoothed settings are attacked with EoT over
 draws per step (through purifier and mapper for the plug-in) and judged on ``--judge``
 fresh draws (success = the smoothed prediction names the target, not one lucky draw).
 
-    python bench/bench_paper_protocol.py                          # ~20 min on 2 CPU cores
+    python bench/bench_paper_protocol.py      # 2 CPU cores: vanilla ~20 min, FS over an hour
     python bench/bench_paper_protocol.py --plugin PLUGIN_DIR --settings fs+plugin
 
 Certification runs too (``--n``) but an linf 16/255 ball has l2 radius up to
