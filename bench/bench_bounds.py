@@ -43,7 +43,10 @@ def fixed_sample_needs(samples: np.ndarray, true_s: float, alpha: float, tol: fl
     for method in bounds.METHODS:
         needed = None
         for n in _grid(samples.shape[1]):
-            gaps = [true_s - bounds.mean_lower_bound(row[:n], alpha, method) for row in samples]
+            gaps = [
+                true_s - bounds.mean_lower_bound(row[:n], alpha, method, horizon=n)
+                for row in samples
+            ]
             if float(np.median(gaps)) <= tol:
                 needed = n
                 break

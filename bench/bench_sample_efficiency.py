@@ -54,7 +54,9 @@ def _grid(max_n: int, start: int = 32) -> list[int]:
 
 def gap(values: np.ndarray, alpha: float, method: str) -> float:
     """Estimate minus lower bound on the prefix ``values`` (betting tuned to its length)."""
-    return float(values.mean() - bounds.mean_lower_bound(values, alpha, method))
+    return float(
+        values.mean() - bounds.mean_lower_bound(values, alpha, method, horizon=values.size)
+    )
 
 
 def samples_needed(values: np.ndarray, alpha: float, tol: float, method: str) -> int | None:

@@ -23,7 +23,17 @@ bound ``L`` on their mean with ``P[L > mean] <= alpha``. Three methods are offer
 * ``"betting"``: the betting confidence sequence of Waudby-Smith & Ramdas (2023), one-sided,
   with predictable plug-in bets. It is *anytime valid*: the probability that the bound
   ever exceeds the mean, at any sample size, is at most alpha, so sampling may stop at a
-  data-dependent time (see :class:`BettingLowerBound`).
+  data-dependent time, provided the bet schedule does not depend on that time (see
+  :func:`betting_lower_bounds`).
+
+Which guarantee each mode gives (docs/theory.md, section 5):
+
+* Hoeffding, Bernstein, and betting with ``horizon=N``: ``P[bound > mean] <= alpha`` when
+  the sample size was fixed before looking at the samples. Betting with a horizon ``N``
+  fixed in advance is moreover valid at every sample size, including data-chosen ones,
+  as long as ``N`` itself was not chosen from the data.
+* Betting with ``horizon=None`` (the default): the anytime schedule, valid simultaneously
+  over all sample sizes, so the sample size may be chosen by looking at the data.
 """
 
 from __future__ import annotations
@@ -71,6 +81,41 @@ def _check_score(score: ArrayLike) -> np.ndarray:
     return score
 
 
+# Rounding. Every closed form below is evaluated in float64 and then pushed outward by
+# _SAFETY (relative, plus the same absolute amount) at each step, in the direction that
+# can only shrink a certificate. scipy's ndtri/erf are accurate to a few ulps (~1e-15
+# relative); 2^-44 (~5.7e-14) dominates that with a wide margin while moving no bound by
+# more than ~1e-12. docs/theory.md section 7 has the argument.
+_SAFETY = 2.0**-44
+
+
+def _down(x: np.ndarray) -> np.ndarray:
+    """A float64 value no larger than the exact quantity that ``x`` approximates."""
+    return x - _SAFETY * (np.abs(x) + 1.0)
+
+
+def _up(x: np.ndarray) -> np.ndarray:
+    """A float64 value no smaller than the exact quantity that ``x`` approximates."""
+    return x + _SAFETY * (np.abs(x) + 1.0)
+
+
+def _level(score: np.ndarray) -> np.ndarray:
+    """``Phi^-1((1 + S)/2)`` computed as ``-Phi^-1((1 - S)/2)``, rounded down.
+
+    ``(1 + S)/2`` rounds to 1 for S within ~1e-16 of 1, where ``Phi^-1`` is infinite: the
+    old form over-certified there. ``1 - S`` is exact for S in [1/2, 1] (Sterbenz), so near
+    S = 1 the only error left is ndtri's own, which :func:`_down` covers. +inf at S = 1.
+    """
+    with np.errstate(divide="ignore"):
+        level = -special.ndtri((1.0 - score) / 2.0)
+    return np.where(np.isposinf(level), level, _down(level))
+
+
+def _half_normal_mass(z: np.ndarray) -> np.ndarray:
+    """``2 Phi(z) - 1 = erf(z / sqrt 2)``, rounded down (erf keeps relative precision near 0)."""
+    return _down(special.erf(z / math.sqrt(2.0)))
+
+
 def fcsb(score_lower: ArrayLike, radius: ArrayLike, sigma: ArrayLike) -> np.ndarray:
     """Feature Cosine Similarity Bound: certified cosine at l2 radius ``radius``.
 
@@ -81,17 +126,18 @@ def fcsb(score_lower: ArrayLike, radius: ArrayLike, sigma: ArrayLike) -> np.ndar
 
     Guarantee: if ``score_lower <= <u, f_hat(x)>`` for a unit ``u`` fixed at the clean
     input ``x``, then ``cos(u, f_hat(x + delta)) >= fcsb(score_lower, r, sigma)`` for all
-    ``||delta||_2 <= r`` wherever the result is not NaN.
+    ``||delta||_2 <= r`` wherever the result is not NaN. The float64 result is never above
+    the exact value of the formula (outward rounding, at most ~1e-12 below it).
     """
     score = _check_score(score_lower)
     radius = np.asarray(radius, dtype=np.float64)
     if np.any(radius < 0) or np.any(np.isnan(radius)):
         raise InputError("radius must be non-negative")
     sigma = _check_sigma(sigma)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        level = special.ndtri((1.0 + score) / 2.0)
-        bound = 2.0 * special.ndtr(level - radius / sigma) - 1.0
-        # At S = 1, Phi^-1(1) = inf and the bound is 1 at every finite radius.
+    with np.errstate(invalid="ignore", over="ignore"):
+        level = _level(score)
+        bound = _half_normal_mass(_down(level - _up(radius / sigma)))
+        # At S = 1, Phi^-1(1) = inf and the bound is exactly 1 at every finite radius.
         bound = np.where(np.isposinf(level) & np.isfinite(radius), 1.0, bound)
         bound = np.where(bound >= 0.0, bound, np.nan)
     return np.asarray(bound, dtype=np.float64)
@@ -101,42 +147,51 @@ def certified_radius(score_lower: ArrayLike, cosine: ArrayLike, sigma: ArrayLike
     """Largest l2 radius at which :func:`fcsb` still certifies cosine >= ``cosine``.
 
     ``R = sigma (Phi^-1((1 + S)/2) - Phi^-1((1 + c)/2))`` for a target ``c in [0, 1)``.
-    NaN where ``S < c`` (not even the clean input is certified at that cosine); ``inf``
-    where ``S == 1``. Inverse of :func:`fcsb`: ``fcsb(S, R, sigma) == c`` for finite R > 0.
+    NaN where ``S < c`` (not even the clean input is certified at that cosine; also
+    within ~1e-12 above ``c``, where rounding could not tell); ``inf`` where ``S == 1``.
+    Inverse of :func:`fcsb` up to rounding, which is outward: never above the exact radius.
     """
     score = _check_score(score_lower)
     cosine = np.asarray(cosine, dtype=np.float64)
     if np.any(cosine < 0) or np.any(cosine >= 1) or np.any(np.isnan(cosine)):
         raise InputError("target cosine must lie in [0, 1): negative bounds certify nothing")
     sigma = _check_sigma(sigma)
-    with np.errstate(invalid="ignore"):
-        radius = sigma * (special.ndtri((1.0 + score) / 2.0) - special.ndtri((1.0 + cosine) / 2.0))
+    with np.errstate(invalid="ignore", over="ignore"):
+        target_level = _up(-special.ndtri((1.0 - cosine) / 2.0))
+        radius = _down(sigma * _down(_level(score) - target_level))
+        radius = np.where(np.isposinf(_level(score)), np.inf, radius)
         radius = np.where(radius >= 0.0, radius, np.nan)
     return np.asarray(radius, dtype=np.float64)
 
 
 def required_score(cosine: ArrayLike, radius: ArrayLike, sigma: ArrayLike) -> np.ndarray:
-    """Smallest score S whose certificate reaches ``cosine`` at ``radius`` (inverse in S)."""
+    """Smallest score S whose certificate reaches ``cosine`` at ``radius`` (inverse in S).
+
+    Rounded up (capped at 1), so a score at or above it certifies the target up to the
+    ~1e-12 rounding margin of :func:`fcsb`.
+    """
     cosine = np.asarray(cosine, dtype=np.float64)
     if np.any(cosine < 0) or np.any(cosine >= 1):
         raise InputError("target cosine must lie in [0, 1)")
     radius = np.asarray(radius, dtype=np.float64)
     sigma = _check_sigma(sigma)
-    level = special.ndtri((1.0 + cosine) / 2.0) + radius / sigma
-    return np.asarray(2.0 * special.ndtr(level) - 1.0, dtype=np.float64)
+    level = _up(_up(-special.ndtri((1.0 - cosine) / 2.0)) + _up(radius / sigma))
+    return np.asarray(np.minimum(_up(special.erf(level / math.sqrt(2.0))), 1.0), dtype=np.float64)
 
 
 def probability_radius(p_lower: ArrayLike, sigma: ArrayLike) -> np.ndarray:
     """Radius ``sigma * Phi^-1(p)`` certified by a lower bound ``p > 1/2`` on a probability.
 
     Used for the pairwise-margin and hard-vote (Cohen et al. 2019) prediction certificates;
-    NaN (abstain) where ``p <= 1/2``.
+    NaN (abstain) where ``p <= 1/2``. Computed as ``-sigma Phi^-1(1 - p)`` (``1 - p`` is
+    exact for p >= 1/2) and rounded down, so it is never above the exact radius.
     """
     p_lower = np.asarray(p_lower, dtype=np.float64)
     sigma = _check_sigma(sigma)
-    with np.errstate(invalid="ignore"):
-        radius = sigma * special.ndtri(p_lower)
-        radius = np.where(p_lower > 0.5, radius, np.nan)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        level = -special.ndtri(1.0 - p_lower)
+        radius = np.where(np.isposinf(level), np.inf, _down(sigma * _down(level)))
+        radius = np.where((p_lower > 0.5) & (radius > 0.0), radius, np.nan)
     return np.asarray(radius, dtype=np.float64)
 
 
@@ -225,19 +280,19 @@ def betting_lower_bounds(
     alpha: float,
     horizon: int | None = None,
     counts: ArrayLike | None = None,
-    *,
-    anytime: bool = False,
 ) -> np.ndarray:
     """Betting lower confidence bounds for several sample sequences at once.
 
     Args:
         values: ``(B, t)`` samples in [-1, 1]; row ``b`` uses its first ``counts[b]`` entries.
         alpha: error probability, ``P[exists s: bound_s > mean] <= alpha`` for each row.
-        horizon: the sample size the bets are tuned for, fixed before sampling (default
-            ``t``). Validity never depends on it, only tightness.
+        horizon: ``None`` (default) selects the anytime bet schedule, valid however the
+            sample size was chosen. An integer ``N`` tunes the bets to be tightest at ``N``
+            samples; the bound is then valid at every sample size *provided N was fixed
+            before looking at the samples*. Passing ``N = len(samples)`` after choosing
+            the sample size from the data voids the guarantee (the bets would then depend
+            on the data through ``N``).
         counts: number of valid samples per row (default: all ``t``).
-        anytime: ignore ``horizon`` and use the anytime bet schedule (for sequential
-            stopping, where the final sample size is unknown in advance).
 
     Returns:
         ``(B,)`` lower bounds on the means, in [-1, 1]. The bound is the smallest ``m`` not
@@ -252,7 +307,7 @@ def betting_lower_bounds(
     alpha = _check_alpha(alpha)
     b, t = values.shape
     counts = np.full(b, t) if counts is None else np.asarray(counts, dtype=np.int64)
-    horizon = None if anytime else int(horizon or t)
+    horizon = None if horizon is None else int(horizon)
     if np.any(counts < 1) or np.any(counts > t) or (horizon is not None and horizon < 1):
         raise InputError("counts must lie in [1, t] and horizon must be >= 1")
     y = (np.clip(values, -1.0, 1.0) + 1.0) / 2.0
@@ -278,7 +333,8 @@ def betting_rejects(
     """Whether each row's betting test rejects ``E X <= mean`` (so its bound is >= mean).
 
     One wealth evaluation per row instead of a bisection; ``values`` is ``(B, t)`` in
-    [-1, 1] with all entries valid, ``mean`` in [-1, 1].
+    [-1, 1] with all entries valid, ``mean`` in [-1, 1]; ``horizon`` as in
+    :func:`betting_lower_bounds`.
     """
     values = np.asarray(values, dtype=np.float64)
     alpha = _check_alpha(alpha)
@@ -289,12 +345,14 @@ def betting_rejects(
     return _log_wealth_max(y, lam, m, valid) >= math.log(1.0 / alpha)
 
 
-def betting_lower_bound(
-    values: ArrayLike, alpha: float, horizon: int | None = None, *, anytime: bool = False
-) -> float:
-    """Anytime-valid betting lower bound (Waudby-Smith & Ramdas 2023) for one sequence."""
+def betting_lower_bound(values: ArrayLike, alpha: float, horizon: int | None = None) -> float:
+    """Betting lower bound (Waudby-Smith & Ramdas 2023) for one sequence.
+
+    ``horizon=None``: anytime schedule, valid for a data-chosen sample size; an integer
+    horizon must be fixed before sampling (see :func:`betting_lower_bounds`).
+    """
     values = _as_samples(values)
-    return float(betting_lower_bounds(values[None, :], alpha, horizon, anytime=anytime)[0])
+    return float(betting_lower_bounds(values[None, :], alpha, horizon)[0])
 
 
 def mean_lower_bound(
@@ -303,26 +361,36 @@ def mean_lower_bound(
     method: str = DEFAULT_METHOD,
     *,
     horizon: int | None = None,
-    anytime: bool = False,
 ) -> float:
     """Lower confidence bound on the mean of i.i.d. samples in [-1, 1].
 
-    Guarantee: ``P[bound > E X] <= alpha``. For ``method="betting"`` this holds
-    simultaneously over all sample sizes (anytime validity), so it stays valid when the
-    sample size was chosen by looking at the data; ``horizon``/``anytime`` only tune it.
+    Guarantee: ``P[bound > E X] <= alpha``, in the following sense per method.
+
+    * ``"hoeffding"``, ``"bernstein"``: for a sample size fixed before looking at the
+      samples (``horizon`` is ignored). Choosing the size from the data voids it.
+    * ``"betting"`` with ``horizon=None`` (default): simultaneously over all sample sizes,
+      so it stays valid when the sample size was chosen by looking at the data.
+    * ``"betting"`` with ``horizon=N``: bets tuned to ``N`` samples, tighter there; valid
+      at every sample size as long as ``N`` was fixed before sampling. Pass it only when
+      that is so (e.g. ``N = n`` of a run whose ``n`` was set in advance).
     """
     if method == "hoeffding":
         return hoeffding_lower_bound(values, alpha)
     if method == "bernstein":
         return bernstein_lower_bound(values, alpha)
     if method == "betting":
-        return betting_lower_bound(values, alpha, horizon, anytime=anytime)
+        return betting_lower_bound(values, alpha, horizon)
     raise InputError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
 
 
-def mean_upper_bound(values: ArrayLike, alpha: float, method: str = DEFAULT_METHOD) -> float:
-    """Upper confidence bound on the mean (the lower bound of the negated samples)."""
-    return -mean_lower_bound(-np.asarray(values, dtype=np.float64), alpha, method)
+def mean_upper_bound(
+    values: ArrayLike, alpha: float, method: str = DEFAULT_METHOD, *, horizon: int | None = None
+) -> float:
+    """Upper confidence bound on the mean (the lower bound of the negated samples).
+
+    Same guarantee and ``horizon`` semantics as :func:`mean_lower_bound`.
+    """
+    return -mean_lower_bound(-np.asarray(values, dtype=np.float64), alpha, method, horizon=horizon)
 
 
 def clopper_pearson_lower(successes: ArrayLike, trials: ArrayLike, alpha: float) -> np.ndarray:

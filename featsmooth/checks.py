@@ -142,7 +142,7 @@ def best_case_slack(alpha: float, n: int, method: str) -> float:
         return 2.0 * math.sqrt(math.log(1.0 / alpha) / (2.0 * n))
     from featsmooth import bounds
 
-    return 1.0 - float(bounds.mean_lower_bound(np.ones(int(n)), alpha, method))
+    return 1.0 - float(bounds.mean_lower_bound(np.ones(int(n)), alpha, method, horizon=int(n)))
 
 
 def check_alpha_vs_samples(

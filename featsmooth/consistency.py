@@ -254,8 +254,9 @@ def check_consistency(
             _, clean_sum = _noisy_mean_projection(smoothed, x[i], v[None], n, gen, chunk)
         bound = float(cert.fcsb(r, "smoothed"))
         clean_bound = float(cert.fcsb(r, "clean"))
-        upper = bounds.mean_upper_bound(vals[0], alpha, method)
-        clean_upper = bounds.mean_upper_bound(vals[1], alpha, method)
+        # n is fixed before sampling, so the bets may be tuned to it
+        upper = bounds.mean_upper_bound(vals[0], alpha, method, horizon=n)
+        clean_upper = bounds.mean_upper_bound(vals[1], alpha, method, horizon=n)
         violation = bool(
             (not math.isnan(bound) and upper < bound - tolerance)
             or (not math.isnan(clean_bound) and clean_upper < clean_bound - tolerance)

@@ -767,9 +767,9 @@ def recompute_certificates(
         early = bool(n_max) and values.size < n_max
         stopped += early
         seq = sequential or early or record.get("stop_reason") in _SEQUENTIAL_STOPS
-        kwargs: dict[str, Any] = {}
-        if method == "betting":  # the bet schedule the original run used
-            kwargs = {"anytime": True} if seq else {"horizon": max(n_max, values.size)}
+        # the bet schedule the original run used: anytime after a data-chosen stop, else
+        # tuned to the n fixed before sampling (ignored by the fixed-n methods)
+        kwargs: dict[str, Any] = {"horizon": None if seq else max(n_max, values.size)}
         s_low = float(bounds.mean_lower_bound(values, alpha, method, **kwargs))
         new = {k: v for k, v in record.items() if k not in _ALPHA_DEPENDENT}
         new.update(alpha=float(alpha), method=method, n_used=int(values.size))

@@ -458,7 +458,7 @@ class SmoothedEncoder:
         """Bounds for both references; ``horizon=None`` selects the anytime bet schedule."""
         if method == "betting":
             both = bounds.betting_lower_bounds(
-                np.stack([values, clean_values]), alpha, horizon, anytime=horizon is None
+                np.stack([values, clean_values]), alpha, horizon
             )
             return float(both[0]), float(both[1])
         return (
@@ -484,7 +484,7 @@ class SmoothedEncoder:
             return stop
         width = int(counts[rows].max())
         values = proj[rows, :width]
-        lower = bounds.betting_lower_bounds(values, alpha, counts=counts[rows], anytime=True)
+        lower = bounds.betting_lower_bounds(values, alpha, None, counts[rows])
         means = np.array([proj[r, : counts[r]].mean() for r in rows])
         for j, r in enumerate(rows):
             if tolerance is not None and means[j] - lower[j] <= tolerance:
@@ -492,7 +492,7 @@ class SmoothedEncoder:
             elif needed is not None and lower[j] >= needed:
                 stop[r], stop_reason[r] = True, "target_reached"
         if needed is not None:
-            upper = -bounds.betting_lower_bounds(-values, alpha, counts=counts[rows], anytime=True)
+            upper = -bounds.betting_lower_bounds(-values, alpha, None, counts[rows])
             for j, r in enumerate(rows):
                 if not stop[r] and upper[j] < needed:
                     stop[r], stop_reason[r] = True, "target_unreachable"

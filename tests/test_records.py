@@ -244,9 +244,7 @@ def test_samples_round_trip_and_safe_names(tmp_path):
 def _certified_run(run_dir, n=400, n_used=None, method="hoeffding", tolerance=None):
     """A run with stored projections; score_lower written at alpha=0.001."""
     settings = {**SETTINGS, "n": n, "method": method, "tolerance": tolerance}
-    kwargs = {}
-    if method == "betting":
-        kwargs = {"anytime": True} if tolerance is not None else {"horizon": n}
+    kwargs = {"horizon": None if tolerance is not None else n}
     rng = np.random.default_rng(0)
     samples = {}
     with RunWriter(run_dir, settings, environment=False) as run:
@@ -308,7 +306,7 @@ def test_recompute_reproduces_the_stored_bound(tmp_path, tolerance, n_used):
         assert a["score_lower"] == pytest.approx(b["score_lower"], abs=1e-6)
     # the two schedules differ, so reproducing the stored value is a real check
     values = load_samples(tmp_path, "img0").astype(np.float64)
-    other = {"horizon": 400} if tolerance is not None else {"anytime": True}
+    other = {"horizon": 400 if tolerance is not None else None}
     assert (
         abs(bounds.mean_lower_bound(values, 0.001, "betting", **other) - again[0]["score_lower"])
         > 1e-4
