@@ -1551,10 +1551,7 @@ def recompute(
         raise FileNotFoundError(f"run folder not found: {run}")
     if not 0.0 < float(alpha) < 1.0:
         raise InputError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
-    if method not in bounds.METHODS:
-        raise InputError(
-            f"unknown bound method {method!r}; choose one of {', '.join(bounds.METHODS)}"
-        )
+    bounds.get_method(method)  # a clear InputError for an unknown name
     r = C.parse_float_list(radii, "radii") if radii is not None else None
     return recompute_certificates(run, float(alpha), method, radii=r, out_dir=out)
 

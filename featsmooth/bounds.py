@@ -39,7 +39,8 @@ Which guarantee each mode gives (docs/theory.md, section 5):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -47,7 +48,6 @@ from scipy import special, stats
 
 from featsmooth.errors import InputError
 
-METHODS = ("betting", "bernstein", "hoeffding")
 DEFAULT_METHOD = "betting"
 
 # Truncation of the betting fraction, c in (0, 1): the wealth of a bet on the mean being
@@ -355,6 +355,88 @@ def betting_lower_bound(values: ArrayLike, alpha: float, horizon: int | None = N
     return float(betting_lower_bounds(values[None, :], alpha, horizon)[0])
 
 
+# --------------------------------------------------------------------------------------
+# The registry of confidence-bound methods: everything else (CLI help, validation, the
+# sequential-stopping and recompute rules, sanity checks, tests) reads it.
+
+
+@dataclass(frozen=True)
+class BoundMethod:
+    """A lower confidence bound on the mean of i.i.d. samples in [-1, 1].
+
+    Attributes:
+        name: the name users pass as ``method``.
+        lower_bound: ``(samples, alpha, horizon) -> L`` with ``P[L > mean] <= alpha``;
+            ``horizon`` is the sample size fixed in advance, or ``None`` when the sample
+            size may be chosen from the data (a method may ignore it).
+        anytime_valid: whether the guarantee survives a data-chosen sample size
+            (sequential stopping, early stops) when called with ``horizon=None``.
+        min_samples: the fewest samples it accepts.
+        summary: one line for help texts.
+    """
+
+    name: str
+    lower_bound: Callable[[np.ndarray, float, int | None], float]
+    anytime_valid: bool
+    min_samples: int = 1
+    summary: str = ""
+
+
+_REGISTRY: dict[str, BoundMethod] = {}
+#: Names of the registered methods, in registration order (a live view of the registry).
+METHODS = _REGISTRY.keys()
+
+
+def register(method: BoundMethod) -> BoundMethod:
+    """Add a bound method; its name must be new. Returns it (usable as a one-liner)."""
+    if method.name in _REGISTRY:
+        raise ValueError(f"a bound method named {method.name!r} is already registered")
+    _REGISTRY[method.name] = method
+    return method
+
+
+def get_method(name: str) -> BoundMethod:
+    """The registered method called ``name``; a clear :class:`InputError` otherwise."""
+    try:
+        return _REGISTRY[name]
+    except (KeyError, TypeError):
+        raise InputError(
+            f"unknown bound method {name!r}; choose one of {', '.join(METHODS)}"
+        ) from None
+
+
+def anytime_methods() -> list[str]:
+    """Names of the methods valid at a data-chosen sample size."""
+    return [m.name for m in _REGISTRY.values() if m.anytime_valid]
+
+
+register(
+    BoundMethod(
+        "betting",
+        betting_lower_bound,
+        anytime_valid=True,
+        summary="betting confidence sequence (Waudby-Smith & Ramdas 2023); anytime valid",
+    )
+)
+register(
+    BoundMethod(
+        "bernstein",
+        lambda values, alpha, horizon: bernstein_lower_bound(values, alpha),
+        anytime_valid=False,
+        min_samples=2,
+        summary="empirical Bernstein (Maurer & Pontil 2009); fixed n",
+    )
+)
+register(
+    BoundMethod(
+        "hoeffding",
+        lambda values, alpha, horizon: hoeffding_lower_bound(values, alpha),
+        anytime_valid=False,
+        summary="Hoeffding (1963), variance-blind baseline; fixed n",
+    )
+)
+
+
 def mean_lower_bound(
     values: ArrayLike,
     alpha: float,
@@ -373,14 +455,10 @@ def mean_lower_bound(
     * ``"betting"`` with ``horizon=N``: bets tuned to ``N`` samples, tighter there; valid
       at every sample size as long as ``N`` was fixed before sampling. Pass it only when
       that is so (e.g. ``N = n`` of a run whose ``n`` was set in advance).
+
+    Any other registered method (:func:`register`) states its own guarantee.
     """
-    if method == "hoeffding":
-        return hoeffding_lower_bound(values, alpha)
-    if method == "bernstein":
-        return bernstein_lower_bound(values, alpha)
-    if method == "betting":
-        return betting_lower_bound(values, alpha, horizon)
-    raise InputError(f"unknown bound method {method!r}; choose one of {', '.join(METHODS)}")
+    return float(get_method(method).lower_bound(values, alpha, horizon))
 
 
 def mean_upper_bound(

@@ -134,12 +134,10 @@ def best_case_slack(alpha: float, n: int, method: str) -> float:
     """The gap ``1 - L`` between the largest possible mean (1) and the lower bound ``L``
     that ``method`` returns when all ``n`` samples equal 1 (perfect concentration).
 
-    No data can give a tighter bound, so this is the floor of the method's slack at ``n``.
-    Exact for Hoeffding (``2 sqrt(ln(1/alpha)/(2n))``); computed with
-    :func:`featsmooth.bounds.mean_lower_bound` for the others.
+    No data can give a tighter bound, so this is the floor of the method's slack at ``n``
+    (for Hoeffding ``2 sqrt(ln(1/alpha)/(2n))``), computed with
+    :func:`featsmooth.bounds.mean_lower_bound` with the bets tuned to ``n``.
     """
-    if method == "hoeffding":
-        return 2.0 * math.sqrt(math.log(1.0 / alpha) / (2.0 * n))
     from featsmooth import bounds
 
     return 1.0 - float(bounds.mean_lower_bound(np.ones(int(n)), alpha, method, horizon=int(n)))
@@ -164,8 +162,9 @@ def check_alpha_vs_samples(
         raise InputError(f"alpha must lie strictly between 0 and 1, got {alpha}")
     if int(n) < 1:
         raise InputError(f"n must be a positive number of samples, got {n}")
-    if method not in _METHODS:
-        raise InputError(f"unknown bound method {method!r}; choose one of {', '.join(_METHODS)}")
+    from featsmooth import bounds
+
+    min_samples = bounds.get_method(method).min_samples
     out = []
     if alpha > max_alpha:
         out.append(
@@ -175,7 +174,7 @@ def check_alpha_vs_samples(
                 f"probability {alpha:.0%}.",
             )
         )
-    if method == "bernstein" and int(n) < 2:
+    if int(n) < min_samples:
         slack = math.inf
     else:
         slack = best_case_slack(alpha, int(n), method)

@@ -375,10 +375,7 @@ def validate(cfg: Any) -> Any:
     if getattr(cfg, "method", None) is not None:
         from featsmooth import bounds
 
-        if cfg.method not in bounds.METHODS:
-            raise InputError(
-                f"unknown bound method {cfg.method!r}; choose one of {', '.join(bounds.METHODS)}"
-            )
+        bounds.get_method(cfg.method)  # a clear InputError for an unknown name
     for name in ("radii", "eps", "sigmas"):
         values = getattr(cfg, name, None)
         if values is not None and any(v < 0 for v in values):

@@ -324,8 +324,7 @@ def _plan(
     settings: Mapping[str, Any] | None,
     backend: dict[str, Any],
 ) -> _Plan:
-    if method not in bounds.METHODS:
-        raise InputError(f"unknown method {method!r}; choose one of {', '.join(bounds.METHODS)}")
+    bounds.get_method(method)  # a clear InputError for an unknown name
     if not isinstance(images_per_call, int) or images_per_call < 1:
         raise InputError(f"images_per_call must be an integer >= 1, got {images_per_call!r}")
     if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:

@@ -792,10 +792,11 @@ def recompute_certificates(
             RecordWarning,
             stacklevel=2,
         )
-    if stopped and method != "betting":
+    if stopped and not bounds.get_method(method).anytime_valid:
         warnings.warn(
             f"{run_dir}: {stopped} records stopped sampling early (n_used < n); a {method} "
-            "bound is not valid after optional stopping: use method='betting'",
+            "bound is not valid after optional stopping: use method="
+            + " or ".join(repr(m) for m in bounds.anytime_methods()),
             RecordWarning,
             stacklevel=2,
         )

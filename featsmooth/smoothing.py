@@ -274,13 +274,9 @@ class SmoothedEncoder:
 
     def _validate_run(self, n0: int, n: int, alpha: float, method: str) -> None:
         _check_count("n0", n0)
-        _check_count("n", n, 2 if method == "bernstein" else 1)
+        _check_count("n", n, bounds.get_method(method).min_samples)
         if not 0.0 < alpha < 1.0:
             raise InputError(f"alpha must lie strictly between 0 and 1, got {alpha!r}")
-        if method not in bounds.METHODS:
-            raise InputError(
-                f"unknown method {method!r}; choose one of {', '.join(bounds.METHODS)}"
-            )
 
     def certify(
         self,
@@ -324,9 +320,10 @@ class SmoothedEncoder:
         """
         self._validate_run(n0, n, alpha, method)
         sequential = tolerance is not None or target is not None
-        if sequential and method != "betting":
+        if sequential and not bounds.get_method(method).anytime_valid:
             raise InputError(
-                "sequential stopping needs an anytime-valid bound: use method='betting'"
+                "sequential stopping needs an anytime-valid bound: use method="
+                + " or ".join(repr(m) for m in bounds.anytime_methods())
             )
         if tolerance is not None and not tolerance > 0:
             raise InputError("tolerance must be positive")
@@ -455,15 +452,10 @@ class SmoothedEncoder:
         method: str,
         horizon: int | None,
     ) -> tuple[float, float]:
-        """Bounds for both references; ``horizon=None`` selects the anytime bet schedule."""
-        if method == "betting":
-            both = bounds.betting_lower_bounds(
-                np.stack([values, clean_values]), alpha, horizon
-            )
-            return float(both[0]), float(both[1])
+        """Bounds for both references; ``horizon=None``: the sample size was data-chosen."""
         return (
-            bounds.mean_lower_bound(values, alpha, method),
-            bounds.mean_lower_bound(clean_values, alpha, method),
+            bounds.mean_lower_bound(values, alpha, method, horizon=horizon),
+            bounds.mean_lower_bound(clean_values, alpha, method, horizon=horizon),
         )
 
     @staticmethod

@@ -58,7 +58,7 @@ def test_alpha_and_samples():
         check_alpha_vs_samples(1.5, 100, "betting")
 
 
-@pytest.mark.parametrize("method", ["hoeffding", "bernstein", "betting"])
+@pytest.mark.parametrize("method", bounds.METHODS)
 def test_best_case_slack_is_the_bound_on_perfect_samples(method):
     n, alpha = 500, 0.001
     expected = 1.0 - bounds.mean_lower_bound(np.ones(n), alpha, method, horizon=n)
