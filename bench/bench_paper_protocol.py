@@ -36,7 +36,7 @@ from featsmooth.attacks.budget import parse_eps
 from featsmooth.data import imagenet_classes
 from featsmooth.data.photos import load_photos
 from featsmooth.encoders.registry import load_encoder
-from featsmooth.evaluate import EMBEDDING_ATTACKS, evaluate_paper_protocol
+from featsmooth.evaluate import PAPER_ATTACKS, evaluate_paper_protocol
 from featsmooth.tasks.zero_shot import class_embeddings
 
 EXTRA_CLASSES = (0, 1, 2)  # tench, goldfish, great white shark
@@ -59,7 +59,7 @@ def subset_labels(photos, local: dict[int, int]) -> list[list[int]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target-photo", default="coffee")
-    parser.add_argument("--attacks", default=",".join(EMBEDDING_ATTACKS))
+    parser.add_argument("--attacks", default=",".join(PAPER_ATTACKS))
     parser.add_argument("--settings", default="vanilla,fs")
     parser.add_argument("--plugin", default=None, help="trained plug-in folder (fs+plugin)")
     parser.add_argument("--sigma", type=float, default=0.25)

@@ -1030,17 +1030,7 @@ def predict(
 # --------------------------------------------------------------------------------------
 # attack
 
-ATTACKS = ("pgd", "apgd")
 SETTINGS = ("vanilla", "fs", "fs+plugin")
-
-
-def _attack_class(name: str) -> Any:
-    from featsmooth.attacks import APGD, PGD
-
-    classes = {"pgd": PGD, "apgd": APGD}
-    if name not in classes:
-        raise InputError(f"unknown attack {name!r}; choose one of {', '.join(ATTACKS)}")
-    return classes[name]
 
 
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -1138,7 +1128,10 @@ def attack(
     if model is not None:
         overrides["model"] = model
     cfg = C.resolve(C.AttackConfig, config_file=config_file, overrides=overrides, command="attack")
-    cls = _attack_class(cfg.attack)
+    from featsmooth.attacks import get_attack
+
+    # `featsmooth attack` drives objective attacks; embedding matching lives in `evaluate`
+    cls = get_attack(cfg.attack, embedding=False)
     if cfg.norm not in ("l2", "linf"):
         raise InputError(f"unknown norm {cfg.norm!r}; choose l2 or linf")
     if cfg.objective != "cosine":
@@ -1257,7 +1250,7 @@ def evaluate(
         ``records``, ``skipped``, ``violations``); records are resumable in ``run_dir``
         (default ``runs/evaluate-<model>``).
     """
-    from featsmooth.evaluate import EMBEDDING_ATTACKS, AttackSpec, parse_attack
+    from featsmooth.evaluate import AttackSpec, parse_attack
     from featsmooth.evaluate import evaluate as _evaluate
 
     overrides = dict(settings)
@@ -1316,8 +1309,10 @@ def evaluate(
     _sanity_checks(cfg, images[:1])
     if cfg.attacks:  # now that the class names are known, targets may name classes
         specs = [parse_attack(a, classes[0] if classes else None) for a in cfg.attacks]
-    if any(s.name in EMBEDDING_ATTACKS for s in specs) and cfg.target_image is None:
-        raise InputError(f"{', '.join(EMBEDDING_ATTACKS)} attacks need --target-image")
+    if any(s.matches_target_embeddings for s in specs) and cfg.target_image is None:
+        from featsmooth.attacks import attack_names
+
+        raise InputError(f"{', '.join(attack_names(embedding=True))} attacks need --target-image")
     target = folder_images(cfg.target_image, size).all_images() if cfg.target_image else None
     settings_run = ["vanilla", "fs", *(["fs+plugin"] if plugin is not None else [])]
     return _evaluate(
@@ -1557,7 +1552,6 @@ def recompute(
 
 
 __all__ = [
-    "ATTACKS",
     "SETTINGS",
     "ImageSource",
     "ModelRow",

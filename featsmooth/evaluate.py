@@ -64,16 +64,7 @@ import torch
 import torch.nn.functional as F
 
 from featsmooth import bounds
-from featsmooth.attacks import (
-    APGD,
-    PGD,
-    EmbeddingMatch,
-    EoTObjective,
-    FeatureCosine,
-    FOAAttack,
-    MAttack,
-    ZeroShotCrossEntropy,
-)
+from featsmooth.attacks import EoTObjective, FeatureCosine, ZeroShotCrossEntropy, get_attack
 from featsmooth.attacks.budget import parse_eps, parse_norm
 from featsmooth.consistency import check_consistency
 from featsmooth.errors import InputError
@@ -81,8 +72,8 @@ from featsmooth.smoothing import SmoothedEncoder
 
 SETTINGS = ("vanilla", "fs", "fs+plugin", "robust", "robust+fs")
 DEFAULT_SETTINGS = ("vanilla", "fs", "fs+plugin")
-ATTACK_NAMES = ("pgd", "apgd", "mf-ii", "m-attack", "foa")
-EMBEDDING_ATTACKS = ("mf-ii", "m-attack", "foa")
+#: the attacks of the source paper's targeted protocol (registry names)
+PAPER_ATTACKS = ("mf-ii", "m-attack", "foa")
 PREDICTION_METHODS = ("margin", "fcsb", "cohen")
 
 
@@ -121,8 +112,7 @@ class AttackSpec:
     label: str | None = None
 
     def __post_init__(self) -> None:
-        if self.name not in ATTACK_NAMES:
-            raise InputError(f"unknown attack {self.name!r}; choose one of {ATTACK_NAMES}")
+        get_attack(self.name)  # a clear InputError for an unknown name
         object.__setattr__(self, "norm", parse_norm(self.norm))
         object.__setattr__(self, "eps", parse_eps(self.eps, self.norm))
         if self.objective not in ("auto", "ce", "cosine"):
@@ -137,7 +127,12 @@ class AttackSpec:
 
     @property
     def targeted(self) -> bool:
-        return self.target is not None or self.name in EMBEDDING_ATTACKS
+        return self.target is not None or self.matches_target_embeddings
+
+    @property
+    def matches_target_embeddings(self) -> bool:
+        """Whether the attack pulls features toward target images (needs target images)."""
+        return get_attack(self.name).matches_target_embeddings
 
     @property
     def attack_id(self) -> str:
@@ -212,7 +207,7 @@ def classes_named(class_names: Sequence[str], word: str) -> tuple[int, ...]:
 def paper_protocol(
     target: int | Sequence[int],
     *,
-    attacks: Sequence[str] = EMBEDDING_ATTACKS,
+    attacks: Sequence[str] = PAPER_ATTACKS,
     eps: str | float = "16/255",
     steps: int = 300,
     step_size: str | float = "1/255",
@@ -234,7 +229,7 @@ def evaluate_paper_protocol(
     class_embeddings: torch.Tensor,
     target: int | Sequence[int],
     *,
-    attacks: Sequence[str] = EMBEDDING_ATTACKS,
+    attacks: Sequence[str] = PAPER_ATTACKS,
     steps: int = 300,
     eps: str | float = "16/255",
     step_size: str | float = "1/255",
@@ -539,8 +534,8 @@ def _make_attack(
     kwargs: dict[str, Any] = {"seed": seed, "restarts": spec.restarts}
     if spec.step_size is not None:
         kwargs["step_size"] = spec.step_size
-    if spec.name in EMBEDDING_ATTACKS:
-        cls = {"mf-ii": EmbeddingMatch, "m-attack": MAttack, "foa": FOAAttack}[spec.name]
+    cls = get_attack(spec.name)
+    if cls.matches_target_embeddings:
         fn = (
             (lambda x: sm.noisy_features(x, eot_draws).mean(1)) if setting.smoothed else sm.features
         )
@@ -571,7 +566,6 @@ def _make_attack(
         objective: Any = EoTObjective(inner)
     else:
         model_fn, objective = sm.features, inner
-    cls = PGD if spec.name == "pgd" else APGD
     attack = cls(model_fn, objective, spec.norm, spec.eps, spec.steps, **kwargs)
 
     def targets(x: torch.Tensor, info: dict[str, Any]) -> dict[str, Any]:
@@ -685,7 +679,7 @@ def evaluate(
     ids = [s.attack_id for s in specs]
     if len(set(ids)) != len(ids):
         raise InputError(f"attack ids must be unique, got {ids}")
-    if any(s.name in EMBEDDING_ATTACKS for s in specs) and target_images is None:
+    if any(s.matches_target_embeddings for s in specs) and target_images is None:
         raise InputError("embedding-matching attacks need target_images=")
     if any(s.target is not None for s in specs) and class_embeddings is None:
         raise InputError("targeted attacks judge success by class: give class_embeddings")
@@ -833,7 +827,7 @@ def _run_setting(
                                       primary[i], acceptable[i], radii))  # fmt: skip
         say(f"[{setting.name}] certified {len(needed)} images ({time.perf_counter() - t0:.1f}s)")
     target_feats = tgt = None
-    if target_images is not None and any(s.name in EMBEDDING_ATTACKS for s in specs):
+    if target_images is not None and any(s.matches_target_embeddings for s in specs):
         tgt = target_images.detach().to(x.device, torch.float32)
         tgt = tgt if tgt.ndim == 4 else tgt.unsqueeze(0)
         target_feats = _outputs(setting, tgt, None, judge_draws, _seed(seed, "target")).features
@@ -999,7 +993,7 @@ def _attack_record(
             clean_score=float(clean_pred in acceptable) if acceptable else None,
             robust_score=float(adv_pred in acceptable) if acceptable else None,
         )
-    elif target_feats is not None and spec.name in EMBEDDING_ATTACKS:
+    elif target_feats is not None and spec.matches_target_embeddings:
         tf = target_feats[0:1] if target_feats.shape[0] == 1 else target_feats[j : j + 1]
         to_target = float(_cosine(tf, adv_out.features[r : r + 1])[0])
         success = to_target > cos

@@ -531,8 +531,7 @@ def test_attacks_on_cuda(dtype):
         MAttack(model, steps=5),
         FOAAttack(model, model.tokens, steps=5, num_clusters=4),
     ):
-        targeted = attack.name in ("m_attack", "foa_attack")
-        kw = {"target_images": target.cuda()} if targeted else {}
+        kw = {"target_images": target.cuda()} if attack.matches_target_embeddings else {}
         res = attack(x.cuda(), **kw)
         assert res.adv_images.device.type == "cuda" and res.adv_images.dtype == torch.float32
         assert_in_budget(res.adv_images.cpu(), x, attack.norm, attack.eps)

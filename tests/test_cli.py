@@ -352,7 +352,7 @@ def test_evaluate_exits_6_on_a_violated_certificate(tmp_path, pngs, capsys, monk
 
     from featsmooth import bounds, consistency
 
-    broken = types.SimpleNamespace(fcsb=bounds.fcsb, mean_upper_bound=lambda v, a, m: -1.0)
+    broken = types.SimpleNamespace(fcsb=bounds.fcsb, mean_upper_bound=lambda v, a, m, **kw: -1.0)
     monkeypatch.setattr(consistency, "bounds", broken)
     monkeypatch.chdir(tmp_path)
     code, _, err = run_cli(capsys, *EVALUATE)

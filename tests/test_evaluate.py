@@ -22,7 +22,15 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from featsmooth import SmoothedEncoder, bounds
-from featsmooth.attacks import PGD, EoTObjective, FeatureCosine
+from featsmooth.attacks import (
+    ATTACKS,
+    PGD,
+    EoTObjective,
+    FeatureCosine,
+    attack_names,
+    get_attack,
+    register,
+)
 from featsmooth.consistency import ConsistencyWarning, check_consistency, count_violations
 from featsmooth.encoders.synthetic import make_trig_encoder
 from featsmooth.errors import InputError, RecordError
@@ -387,3 +395,43 @@ def test_evaluate_retrieval_with_captions():
     assert res.summary[0]["clean_score"] == 1.0  # recall@1 of the clean images
     with pytest.raises(InputError, match="not both"):
         evaluate(enc, x, captions=list(TextImage.captions), class_embeddings=classes)
+
+
+# ------------------------------------------------------------------ attack registry
+
+
+@pytest.mark.parametrize("name", attack_names())
+def test_every_registered_attack_runs_in_the_harness(name):
+    # a new attack file registered with @register is picked up here with no other edit
+    net, x, classes, labels = _tiny_task()
+    embedding = get_attack(name).matches_target_embeddings
+    spec = AttackSpec(name, "linf", "8/255", 2, target=3 if embedding else None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = evaluate(
+            net, x[:2], labels[:2], class_embeddings=classes, settings=("vanilla", "fs"),
+            attacks=[spec], target_images=x[3:4] if embedding else None, eot_draws=2,
+            judge_draws=4, n0=8, n=16, consistency_draws=8,
+        )  # fmt: skip
+    rows = [r for r in res.records if r.get("kind") == "attack"]
+    assert {(r["setting"], r["attack"]) for r in rows} == {("vanilla", name), ("fs", name)}
+    assert all(r["linf_distance"] <= 8 / 255 + 1e-6 for r in rows)
+
+
+def test_a_new_attack_needs_only_its_registration(monkeypatch):
+    class HalfStepPGD(PGD):
+        name = "pgd-half"
+
+    monkeypatch.setitem(ATTACKS, HalfStepPGD.name, HalfStepPGD)
+    spec = parse_attack("pgd-half:l2:0.5:steps=2")
+    assert spec.name == "pgd-half" and not spec.targeted
+    net, x, classes, labels = _tiny_task()
+    res = evaluate(
+        net, x[:1], labels[:1], class_embeddings=classes, settings=("vanilla",),
+        attacks=[spec], n0=8, n=16,
+    )  # fmt: skip
+    assert [r["attack"] for r in res.records if r.get("kind") == "attack"] == ["pgd-half"]
+    with pytest.raises(InputError, match="pgd-half"):
+        parse_attack("nonexistent:l2:0.5")
+    with pytest.raises(ValueError, match="already registered"):
+        register(type("Other", (PGD,), {"name": "pgd"}))

@@ -27,9 +27,11 @@ from featsmooth.attacks.objectives import (
     ZeroShotCrossEntropy,
 )
 from featsmooth.attacks.pgd import PGD
+from featsmooth.attacks.registry import ATTACKS, attack_names, get_attack, register
 
 __all__ = [
     "APGD",
+    "ATTACKS",
     "PGD",
     "Attack",
     "AttackResult",
@@ -44,13 +46,16 @@ __all__ = [
     "ThreatModel",
     "ZeroShotCrossEntropy",
     "apgd_checkpoints",
+    "attack_names",
     "crop_boxes",
     "crop_resize",
     "flat_norm",
+    "get_attack",
     "judge_randomized",
     "kmeans",
     "parse_eps",
     "parse_norm",
     "random_resized_crop",
+    "register",
     "sinkhorn",
 ]

@@ -13,6 +13,7 @@ import torch
 
 from featsmooth.attacks.base import Attack, ModelFn
 from featsmooth.attacks.objectives import Objective, Targets
+from featsmooth.attacks.registry import register
 from featsmooth.errors import InputError
 
 
@@ -35,6 +36,7 @@ def apgd_checkpoints(steps: int) -> list[int]:
         interval = max(interval - decrease, minimum)
 
 
+@register
 class APGD(Attack):
     """APGD (Croce & Hein 2020), maximising any objective in an l2 or linf ball.
 

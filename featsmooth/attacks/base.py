@@ -155,6 +155,10 @@ class Attack:
     """
 
     name = "attack"
+    #: call convention: ``attack(images, target_images=... | target_features=...)``
+    #: (targeted embedding matching) instead of an objective's targets; see
+    #: :mod:`featsmooth.attacks.registry`.
+    matches_target_embeddings = False
 
     def __init__(
         self,

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from featsmooth.attacks.base import ModelFn
 from featsmooth.attacks.objectives import FeatureCosine, Targets
 from featsmooth.attacks.pgd import PGD
+from featsmooth.attacks.registry import register
 from featsmooth.errors import InputError
 
 
@@ -32,6 +33,7 @@ def _flat_unit(features: torch.Tensor) -> torch.Tensor:
     return F.normalize(features.reshape(features.shape[0], -1).float(), dim=1, eps=1e-12)
 
 
+@register
 class EmbeddingMatch(PGD):
     """Targeted feature matching: maximise ``mean_m w_m cos(f_m(x'), f_m(x_target))``.
 
@@ -56,7 +58,8 @@ class EmbeddingMatch(PGD):
     weighted mean cosine to the target features (in [-1, 1]; larger = closer to the target).
     """
 
-    name = "embedding_match"
+    name = "mf-ii"
+    matches_target_embeddings = True
 
     def __init__(
         self,

@@ -23,6 +23,7 @@ from featsmooth.attacks.base import ModelFn
 from featsmooth.attacks.embedding_match import _as_list
 from featsmooth.attacks.m_attack import MAttack, random_resized_crop
 from featsmooth.attacks.objectives import Targets
+from featsmooth.attacks.registry import register
 from featsmooth.errors import InputError
 
 
@@ -95,6 +96,7 @@ def kmeans(points: torch.Tensor, k: int, iters: int = 10) -> tuple[torch.Tensor,
     return centroids, mass
 
 
+@register
 class FOAAttack(MAttack):
     """FOA-Attack (Jia et al. 2025). Each step maximises, over a fresh random crop ``v`` of
     ``x'``: ``mean_m w_m [cos(f_m(v), f_m(x_t)) - local_weight * OT_m(v, x_t)]`` with
@@ -125,7 +127,7 @@ class FOAAttack(MAttack):
     image to the whole target (comparable with the other targeted attacks).
     """
 
-    name = "foa_attack"
+    name = "foa"
 
     def __init__(
         self,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from featsmooth.attacks.base import ModelFn
 from featsmooth.attacks.embedding_match import EmbeddingMatch
 from featsmooth.attacks.objectives import Targets
+from featsmooth.attacks.registry import register
 from featsmooth.errors import InputError
 
 
@@ -89,6 +90,7 @@ def random_resized_crop(
     return crop_resize(images, crop_boxes(images.shape[0], scale, ratio, generator), size)
 
 
+@register
 class MAttack(EmbeddingMatch):
     """M-Attack (Li et al. 2025): each step maximises
     ``mean_m w_m cos(f_m(crop(x')), f_m(x_target))`` over a fresh random crop.
@@ -110,7 +112,7 @@ class MAttack(EmbeddingMatch):
     *whole* adversarial image's features to the whole target's (no crop).
     """
 
-    name = "m_attack"
+    name = "m-attack"
     stochastic_steps = True
 
     def __init__(

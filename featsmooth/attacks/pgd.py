@@ -13,9 +13,11 @@ import torch
 
 from featsmooth.attacks.base import Attack, ModelFn
 from featsmooth.attacks.objectives import Objective, Targets
+from featsmooth.attacks.registry import register
 from featsmooth.errors import InputError
 
 
+@register
 class PGD(Attack):
     """PGD with steepest-ascent steps: ``x <- Proj(x + alpha * sign(g))`` (linf) or
     ``x <- Proj(x + alpha * g / ||g||_2)`` (l2), ``g`` the gradient of the objective.
