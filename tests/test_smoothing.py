@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from featsmooth import ABSTAIN, SmoothedEncoder, bounds
-from featsmooth.encoders.synthetic import TrigEncoder, make_trig_encoder
+from featsmooth.encoders.synthetic import TrigEncoder, make_trig_encoder, make_two_score_encoder
 from featsmooth.errors import FeatureError, InputError
 
 SIGMA = 0.25
@@ -304,3 +304,130 @@ def test_compiled_encoder_gives_the_same_certificates(trig90, images):
     for a, b in zip(eager, compiled):
         assert a.score_lower == pytest.approx(b.score_lower, abs=1e-9)
         assert a.clean_score_lower == pytest.approx(b.clean_score_lower, abs=1e-9)
+
+
+# ------------------------------------------------------------------ references and draws
+# The one-frequency encoders above have S_c = S exactly: a certificate that swapped the
+# two references would pass their tests. These use an encoder whose references are far
+# apart, and replay the noise stream to check which draws each number comes from.
+
+S_TWO, S_C_TWO = 0.71, 0.55
+
+
+@pytest.fixture(scope="module")
+def two_scores():
+    """Two-frequency encoder with exact S = 0.71 and S_c = 0.55 at sigma 0.25, images 3x8x8."""
+    return make_two_score_encoder(S_TWO, S_C_TWO, SIGMA)
+
+
+def _unit(features: torch.Tensor) -> torch.Tensor:
+    features = features.double()
+    return features / features.norm(dim=-1, keepdim=True)
+
+
+def _replay(enc, x: torch.Tensor, seed: int, n0: int, n: int):
+    """Unit features of a certificate's n0 first-stage draws and its n fresh draws.
+
+    The documented stream of one image: ``n0`` standard normal images, then ``n`` more, from
+    a ``torch.Generator`` seeded with the certificate's ``seed``; noisy input ``x + sigma e``.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    first = torch.randn((n0, *x.shape), generator=gen)
+    second = torch.randn((n, *x.shape), generator=gen)
+    return _unit(enc(x + SIGMA * first)), _unit(enc(x + SIGMA * second))
+
+
+@pytest.mark.parametrize("method", bounds.METHODS)
+def test_each_reference_bounds_its_own_score(two_scores, images, method):
+    assert two_scores.true_score(SIGMA) == pytest.approx(S_TWO, abs=1e-12)
+    assert two_scores.true_clean_score(SIGMA) == pytest.approx(S_C_TWO, abs=1e-12)
+    smoothed = SmoothedEncoder(two_scores, SIGMA, batch_size=4096)
+    # n0 = 1024: the direction is then within ~1e-3 of f_hat / S whatever the noise stream
+    certs = smoothed.certify(images, n0=1024, n=4000, alpha=0.001, method=method, seed=15)
+    exact = two_scores.smoothed(images, SIGMA).numpy()  # (B, 4), norm S
+    clean = smoothed.features(images).double().numpy()
+    slack = 0.1 if method == "hoeffding" else 0.05  # the bounds' widths at n = 4000
+    for cert, f_hat, f in zip(certs, exact, clean):
+        assert f_hat @ f == pytest.approx(S_C_TWO, abs=1e-6)  # S_c = <f(x), f_hat(x)>
+        assert S_TWO - slack < cert.score_lower <= f_hat @ cert.direction <= S_TWO
+        assert S_C_TWO - slack < cert.clean_score_lower <= S_C_TWO
+        assert cert.score_estimate == pytest.approx(S_TWO, abs=0.02)
+        assert cert.clean_score_estimate == pytest.approx(S_C_TWO, abs=0.03)
+        assert cert.clean_smoothed_cosine == pytest.approx(S_C_TWO / S_TWO, abs=0.02)
+        assert f_hat @ cert.direction / S_TWO > 0.99  # v estimates f_hat / S
+
+
+@pytest.mark.parametrize("method", bounds.METHODS)
+def test_bound_uses_fresh_draws_not_those_that_chose_the_direction(two_scores, images, method):
+    """Replays the noise: v from the n0 first draws, the samples from the next n draws."""
+    n0, n, alpha = 32, 500, 0.01
+    certs = SmoothedEncoder(two_scores, SIGMA, batch_size=100).certify(
+        images, n0=n0, n=n, alpha=alpha, method=method, seed=16, keep_samples=True
+    )
+    for x, cert in zip(images, certs):
+        first, second = _replay(two_scores, x, cert.seed, n0, n)
+        v = first.sum(0) / first.sum(0).norm()
+        np.testing.assert_allclose(cert.direction, v.numpy(), atol=1e-12)
+        clean = _unit(two_scores(x[None]))[0]
+        expected = torch.stack([second @ v, second @ clean]).numpy()
+        np.testing.assert_allclose(cert.samples, expected, atol=1e-12)
+        # and the bounds are the chosen method's, the betting bets tuned to the n fixed
+        # in advance; in the same order as the references
+        horizon = n if method == "betting" else None
+        for j, low in enumerate((cert.score_lower, cert.clean_score_lower)):
+            assert low == bounds.mean_lower_bound(cert.samples[j], alpha, method, horizon=horizon)
+
+
+def test_a_near_zero_score_stays_below_its_exact_value():
+    """Reusing the direction's draws for the bound would certify a score of 1e-3 at ~0.02.
+
+    With S ~ 0 the mean of n0 unit features has norm ~ 1/sqrt(n0) whatever the direction,
+    so on those same draws ``<v, f_i>`` averages ~ 1/sqrt(n0); 64 frequency pairs make the
+    samples' variance ~ 1/128, so the bound's slack is a third of that bias.
+    """
+    gen = torch.Generator().manual_seed(17)
+    freq = torch.randn((64, 3, 8, 8), generator=gen, dtype=torch.float64)
+    # |a_j| sigma = sqrt(2 ln 1000): every pair is damped to 1e-3, so S = 1e-3 exactly
+    freq *= (
+        math.sqrt(2.0 * math.log(1000.0)) / SIGMA / freq.flatten(1).norm(dim=1)[:, None, None, None]
+    )
+    enc = TrigEncoder(freq)
+    true_s = enc.true_score(SIGMA)
+    assert true_s == pytest.approx(1e-3, rel=1e-9)
+    x = torch.rand((3, 3, 8, 8), generator=torch.Generator().manual_seed(18))
+    n0 = n = 2000
+    alpha = 0.001
+    certs = SmoothedEncoder(enc, SIGMA, batch_size=4096).certify(
+        x, n0=n0, n=n, alpha=alpha, seed=19
+    )
+    exact = enc.smoothed(x, SIGMA).numpy()
+    for xi, cert, f_hat in zip(x, certs, exact):
+        assert cert.score_lower <= f_hat @ cert.direction <= true_s
+        # the test has power: the bound computed on the direction's own draws is far above S
+        first, _ = _replay(enc, xi, cert.seed, n0, 1)
+        v = first.sum(0) / first.sum(0).norm()
+        reused = bounds.mean_lower_bound((first @ v).numpy(), alpha, "betting", horizon=n0)
+        assert reused > 10 * true_s
+
+
+def test_sequential_bounds_are_the_anytime_bounds_of_the_kept_samples(two_scores, images):
+    """A data-dependent stop is sound only with bets that do not depend on the stop."""
+    smoothed = SmoothedEncoder(two_scores, SIGMA)
+    alpha = 0.001
+    runs = [
+        smoothed.certify(
+            images, n0=32, n=50_000, alpha=alpha, tolerance=0.03, seed=20, keep_samples=True
+        ),
+        smoothed.certify(
+            images, n0=32, n=50_000, alpha=alpha, target=(0.5, 0.02), seed=21, keep_samples=True
+        ),
+    ]
+    for certs in runs:
+        for cert in certs:
+            assert cert.stop_reason in ("tolerance", "target_reached")
+            assert cert.samples.shape == (2, cert.n_used) and cert.n_used < 50_000
+            anytime = bounds.betting_lower_bounds(cert.samples, alpha, None)
+            assert cert.score_lower == anytime[0] and cert.clean_score_lower == anytime[1]
+            # bets tuned to the realised sample size would give another (unsound) number
+            tuned = bounds.betting_lower_bounds(cert.samples, alpha, cert.n_used)
+            assert np.all(np.abs(tuned - anytime) > 1e-6)

@@ -11,8 +11,11 @@ a Gaussian), and likewise for sine, so::
 
 independent of x. With one frequency (m = 1) the smoothed feature is ``f`` scaled by S, so
 the true worst-case cosine between ``f_hat(x)`` and ``f_hat(x + delta)`` over
-``||delta|| <= r`` is ``cos(|a| r)`` while ``|a| r <= pi``. Tests use this to check the
-certificates two independent ways; demos use it when no pretrained model is installed.
+``||delta|| <= r`` is ``cos(|a| r)`` while ``|a| r <= pi``. With one frequency
+``S_c = S``, so the two references cannot be told apart; :func:`make_two_score_encoder`
+builds an encoder whose scores are far apart (e.g. S = 0.71, S_c = 0.55). Tests use
+these encoders to check the certificates two independent ways; demos use them when no
+pretrained model is installed.
 """
 
 from __future__ import annotations
@@ -42,7 +45,9 @@ class TrigEncoder(ImageEncoder):
             raise InputError("frequencies must have shape (m, C, H, W)")
         m = frequencies.shape[0]
         weights = (
-            torch.ones(m) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+            torch.ones(m, dtype=torch.float64)
+            if weights is None
+            else torch.as_tensor(weights, dtype=torch.float64)
         )
         if weights.shape != (m,) or torch.any(weights < 0) or weights.sum() <= 0:
             raise InputError("weights must be m non-negative numbers, not all zero")
@@ -116,6 +121,41 @@ def make_trig_encoder(
     direction /= direction.norm()
     magnitude = math.sqrt(-2.0 * math.log(score)) / sigma
     return TrigEncoder(direction * magnitude)
+
+
+def make_two_score_encoder(
+    score: float,
+    clean_score: float,
+    sigma: float,
+    shape: tuple[int, int, int] = (3, 8, 8),
+    *,
+    seed: int = 0,
+) -> TrigEncoder:
+    """Two-frequency TrigEncoder with exact ``S = score`` and ``S_c = clean_score`` at ``sigma``.
+
+    With equal pair weights ``w_j^2 = 1/2`` and dampings ``d_j = exp(-sigma^2 |a_j|^2 / 2)``,
+    ``S^2 = (d_1^2 + d_2^2)/2`` and ``S_c = (d_1 + d_2)/2``, so
+    ``d_{1,2} = S_c +- sqrt(S^2 - S_c^2)``. This needs ``S_c <= S``, ``d_1 <= 1`` and
+    ``d_2 > 0`` (i.e. ``S^2 < 2 S_c^2``). Example: ``S = 0.71, S_c = 0.55`` gives a
+    nearly constant pair (``d_1 = 0.999``) and a strongly damped one (``d_2 = 0.101``).
+    The two frequency directions are random (seeded).
+    """
+    if not 0.0 < clean_score <= score < 1.0:
+        raise InputError("need 0 < clean_score <= score < 1")
+    spread = math.sqrt(score**2 - clean_score**2)
+    damping = (clean_score + spread, clean_score - spread)
+    if damping[0] > 1.0 or damping[1] <= 0.0:
+        raise InputError(
+            f"no two-frequency encoder has S = {score} and S_c = {clean_score} "
+            "(need S_c + sqrt(S^2 - S_c^2) <= 1 and S^2 < 2 S_c^2)"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    directions = torch.randn((2, *shape), generator=gen, dtype=torch.float64)
+    directions /= directions.flatten(1).norm(dim=1)[:, None, None, None]
+    magnitudes = torch.tensor(
+        [math.sqrt(-2.0 * math.log(d)) / sigma for d in damping], dtype=torch.float64
+    )
+    return TrigEncoder(directions * magnitudes[:, None, None, None])
 
 
 def load_synthetic_trig(device: str | torch.device | None = None, dtype=None) -> TrigEncoder:
