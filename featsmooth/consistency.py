@@ -99,7 +99,7 @@ class ConsistencyResult:
 
 
 def _feature_certificate(cert: Any) -> Any:
-    """A :class:`Certificate` from a Certificate or a PredictionCertificate (``.features``)."""
+    """A :class:`~featsmooth.certificates.Certificate` from a Certificate or a PredictionCertificate (``.features``)."""
     inner = getattr(cert, "features", None)
     cert = inner if inner is not None else cert
     if getattr(cert, "direction", None) is None or not hasattr(cert, "score_lower"):

@@ -25,7 +25,7 @@ Records are written in the order chunks complete (each carries its global ``inde
 line per image, fsync'ed; an interrupted run resumes by skipping the keys already written
 (a chunk with any missing key is certified again, whole, so its grouping never changes).
 
-Ray is an optional dependency (``pip install featsmooth[ray]``), imported only by
+Ray is an optional dependency (``pip install 'ray>=2.9'``, the ``ray`` extra), imported only by
 :func:`certify_dataset_ray`.
 """
 
@@ -63,7 +63,7 @@ __all__ = [
 DEFAULT_RADII: tuple[float, ...] = (0.0625, 0.125, 0.25, 0.5)
 #: Images certified together in one ``certify`` call (the unit of work of a worker).
 DEFAULT_IMAGES_PER_CALL = 8
-RAY_PIP = "pip install featsmooth[ray]"
+RAY_PIP = "pip install 'ray>=2.9'"
 
 ModelSpec = str | nn.Module | Callable[..., nn.Module]
 
@@ -597,7 +597,7 @@ def certify_dataset_ray(
         Everything else: as in :func:`certify_dataset`.
 
     Raises:
-        ModelUnavailableError: Ray is not installed (``pip install featsmooth[ray]``).
+        ModelUnavailableError: Ray is not installed (``pip install 'ray>=2.9'``).
         InputError: more workers than the cluster can hold, or invalid arguments.
     """
     ray = _import_ray()

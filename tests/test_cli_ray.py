@@ -80,4 +80,4 @@ def test_missing_ray_exit_4_with_pip_line(pngs, capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     code, _, err = run_cli(capsys, "certify", "synthetic-trig", "--images", "imgs", "--ray")
     lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert code == 4 and len(lines) == 1 and "pip install featsmooth[ray]" in lines[0]
+    assert code == 4 and len(lines) == 1 and "pip install 'ray>=2.9'" in lines[0]

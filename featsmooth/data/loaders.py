@@ -3,7 +3,7 @@
 All loaders return images as float32 tensors ``(3, size, size)`` in [0, 1] (largest centred
 square, bicubic resize; see :func:`featsmooth.data.photos.image_to_tensor`). Folder and
 caption loaders are lazy: they list files at construction and read an image only when it
-is indexed or iterated, so large sets stream in batches (:meth:`batches`); ``load()``
+is indexed or iterated, so large sets stream in batches (:meth:`ImageFolderDataset.batches`); ``load()``
 reads everything into one tensor for small sets.
 """
 

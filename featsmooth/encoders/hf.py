@@ -9,7 +9,7 @@ crop beforehand if you want the processor's crop.
 
 * :class:`CLIPEncoder` / :class:`SiglipEncoder`: image features ``(B, D)`` are the projected
   image embeddings (the space where zero-shot classification compares with text), and
-  :meth:`encode_text` returns unit-norm text embeddings ``(K, D)`` in the same space.
+  :meth:`CLIPEncoder.encode_text` returns unit-norm text embeddings ``(K, D)`` in the same space.
 * :class:`LlavaVisionTower`: the image tokens ``(B, T, D)`` of a LLaVA-type model, selected
   exactly as the model does (``config.vision_feature_layer``, int or list, and
   ``config.vision_feature_select_strategy``: ``"default"`` drops CLS, ``"full"`` keeps it).

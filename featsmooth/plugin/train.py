@@ -378,7 +378,7 @@ def train_plugin(
             then ``train_plugin(.., parts=("mapper",), init=stage1)``.
         steps / epochs: length of training (``steps`` wins; default 8 epochs).
         batch_size, lr, weight_decay: AdamW settings (lr 2e-4 as in the paper).
-        loss_weights: :class:`LossWeights` or a dict of its fields.
+        loss_weights: :class:`~featsmooth.plugin.losses.LossWeights` or a dict of its fields.
         draws_per_image: noise draws per image and step (>= 2 for the pairwise term).
         val_images, val_every, val_draws: held-out images, validated every ``val_every``
             steps with :func:`evaluate_plugin` (fixed noise seeds) and at the end.

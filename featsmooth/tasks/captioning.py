@@ -2,7 +2,7 @@
 
 Pipeline (Feature-space Smoothing of the vision tower, docs/theory.md): the vision tower
 :class:`~featsmooth.encoders.hf.LlavaVisionTower` maps pixel-unit images to token features
-``(B, T, D)``; with smoothing, :meth:`SmoothedEncoder.predict_feature` returns the Monte-Carlo
+``(B, T, D)``; with smoothing, :meth:`featsmooth.smoothing.SmoothedEncoder.predict_feature` returns the Monte-Carlo
 smoothed feature ``f_hat(x)`` (flattened, unit norm), :func:`restore_token_features` gives it
 back the token layout and the norm of the clean features, and the language model generates
 from it (:func:`~featsmooth.encoders.hf.generate_with_image_features`). The certificate is
