@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from featsmooth import bounds
 from featsmooth.certificates import ABSTAIN, Certificate, PredictionCertificate
@@ -50,11 +51,15 @@ def _check_count(name: str, value: int, minimum: int = 1) -> int:
     return int(value)
 
 
-class SmoothedEncoder:
+class SmoothedEncoder(nn.Module):
     """Gaussian feature-space smoothing ``f_hat(x) = E f(x + eps)``, ``eps ~ N(0, sigma^2 I)``.
 
     ``f`` is the wrapped encoder's output flattened per image, optionally centred
     (``center`` subtracted), and scaled to unit l2 norm in float64.
+
+    It is an ``nn.Module``: calling it (:meth:`forward`) returns a differentiable
+    Monte-Carlo estimate of ``f_hat(x)``, so attack libraries can take it as a (randomized)
+    model. Certificates come only from :meth:`certify` / :meth:`certify_prediction`.
 
     Args:
         encoder: an :class:`~featsmooth.encoders.base.ImageEncoder`, any ``nn.Module`` or a
@@ -70,6 +75,7 @@ class SmoothedEncoder:
             mapper); the wrapped module becomes the base encoder ``f``.
         compile: run the encoder through ``torch.compile`` (dynamic shapes). The first
             passes pay the compilation; worth it for long certification runs on GPU.
+        forward_draws: noise draws averaged by :meth:`forward` (per call, fresh noise).
     """
 
     def __init__(
@@ -83,7 +89,9 @@ class SmoothedEncoder:
         batch_size: int = 256,
         plugin: Any = None,
         compile: bool = False,
+        forward_draws: int = 8,
     ) -> None:
+        super().__init__()
         if not isinstance(sigma, (int, float)) or not math.isfinite(sigma) or sigma <= 0:
             raise InputError(f"sigma must be a positive number (pixel units), got {sigma!r}")
         self.sigma = float(sigma)
@@ -97,6 +105,7 @@ class SmoothedEncoder:
         self.encoder.to(self.device)
         self.input_dtype = input_dtype
         self.batch_size = _check_count("batch_size", batch_size)
+        self.forward_draws = _check_count("forward_draws", forward_draws)
         self.center = None
         if center is not None:
             center_t = torch.as_tensor(np.asarray(center), dtype=torch.float64)
@@ -119,9 +128,10 @@ class SmoothedEncoder:
             raise InputError("images must be floating point in [0, 1] pixel units")
         if images.shape[0] == 0:
             raise InputError("got an empty batch of images")
-        if not torch.isfinite(images).all():
+        values = images.detach()  # checks only: no autograd warning, no graph
+        if not torch.isfinite(values).all():
             raise InputError("images contain NaN or infinite values")
-        lo, hi = float(images.min()), float(images.max())
+        lo, hi = float(values.min()), float(values.max())
         if lo < -_RANGE_SLACK or hi > 1.0 + _RANGE_SLACK:
             raise InputError(
                 f"images must be in [0, 1] pixel units (got values in [{lo:.3g}, {hi:.3g}]); "
@@ -157,6 +167,16 @@ class SmoothedEncoder:
     def features(self, images: torch.Tensor) -> torch.Tensor:
         """Unit features ``f(x)`` of clean images, ``(B, k)`` float32, differentiable."""
         return self._forward(self._validate_images(images), torch.float32)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Differentiable estimate of ``f_hat(x)``: the mean of ``forward_draws`` unit noisy
+        features, ``(B, k)`` float32, fresh noise per call.
+
+        What an attack library sees when it takes this module as a model: a randomized
+        model whose gradients it should average over calls (EoT). Its norm is biased upward
+        as in :meth:`predict_feature`; it is an estimate, not a certified quantity.
+        """
+        return self.noisy_features(self._validate_images(images), self.forward_draws).mean(1)
 
     def noisy_features(
         self,

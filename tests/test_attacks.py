@@ -540,3 +540,55 @@ def test_attacks_on_cuda(dtype):
         cpu = PGD(TinyNet(), FeatureCosine(), norm="l2", eps=0.5, steps=5)(x)
         gpu = PGD(model, FeatureCosine(), norm="l2", eps=0.5, steps=5)(x.cuda())
         torch.testing.assert_close(gpu.adv_images.cpu(), cpu.adv_images, atol=1e-3, rtol=0)
+
+
+# ------------------------------------------------------------------ torchattacks idiom
+
+
+def test_torchattacks_idiom_on_a_classifier(net):
+    x, labels = images(), torch.tensor([0, 3, 5, 7])
+    attack = PGD(net, eps=8 / 255, alpha=2 / 255, steps=10)
+    assert attack.step_size == pytest.approx(2 / 255)
+    res = attack(x, labels)  # positional labels; objective: cross-entropy of the logits
+    assert_in_budget(res.adv_images, x, "linf", 8 / 255)
+    ce = lambda z: F.cross_entropy(net(z), labels, reduction="none")  # noqa: E731
+    assert bool((ce(res.adv_images) > ce(x)).all())
+    assert torch.allclose(res.objective, ce(res.adv_images), atol=1e-4)
+    assert attack.objective is None  # the default is chosen per call, not kept
+    # the tensor return option gives the same images
+    adv = PGD(net, eps=8 / 255, alpha=2 / 255, steps=10, return_images=True)(x, labels)
+    assert isinstance(adv, torch.Tensor) and torch.equal(adv, res.adv_images)
+    for cls in (APGD,):
+        assert_in_budget(cls(net, eps=8 / 255, steps=5)(x, labels).adv_images, x, "linf", 8 / 255)
+
+
+def test_torchattacks_idiom_without_labels_attacks_the_features(net):
+    x = images()
+    res = PGD(net, norm="l2", eps=0.5, steps=5)(x)
+    explicit = PGD(net, FeatureCosine(), norm="l2", eps=0.5, steps=5)(x)
+    assert torch.equal(res.adv_images, explicit.adv_images)
+
+
+def test_torchattacks_idiom_rejects_ambiguous_arguments(net):
+    with pytest.raises(InputError, match="step size once"):
+        PGD(net, eps=8 / 255, alpha=2 / 255, step_size=1 / 255)
+    with pytest.raises(InputError, match="labels given twice"):
+        PGD(net, steps=1)(images(), torch.zeros(4, dtype=torch.long), labels=torch.zeros(4))
+    with pytest.raises(InputError, match="logits"):
+        PGD(lambda z: z, steps=1)(images(), torch.zeros(4, dtype=torch.long))
+
+
+def test_smoothed_encoder_is_a_module_other_attack_code_can_take(net):
+    from featsmooth import SmoothedEncoder
+
+    smoothed = SmoothedEncoder(net, sigma=0.25, forward_draws=4)
+    assert isinstance(smoothed, nn.Module) and smoothed.encoder in smoothed.modules()
+    x = images().requires_grad_(True)
+    out = smoothed(x)
+    assert out.shape == (4, 16)
+    assert torch.allclose(out.norm(dim=1), torch.ones(4), atol=0.5)  # a mean of unit vectors
+    (g,) = torch.autograd.grad(out.sum(), x)
+    assert g.abs().sum() > 0  # gradients reach the pixels through the noise
+    smoothed.eval()
+    res = PGD(smoothed, norm="l2", eps=0.5, steps=3, eot_iter=2)(images())
+    assert_in_budget(res.adv_images, images(), "l2", 0.5)

@@ -89,9 +89,9 @@ def test_bad_inputs_raise_input_errors(images):
         certify_dataset(MODEL, images, SIGMA, n=10, images_per_call=0)
 
 
-def test_missing_ray_names_the_extra(images, monkeypatch):
+def test_missing_ray_names_the_package(images, monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)  # makes `import ray` fail
-    with pytest.raises(ModelUnavailableError, match=r"featsmooth\[ray\]"):
+    with pytest.raises(ModelUnavailableError, match=r"pip install 'ray>=2\.9'"):
         certify_dataset_ray(MODEL, images, SIGMA, n=10)
 
 

@@ -7,6 +7,11 @@ convention) inside an l2 or linf ball in pixel units intersected with ``[0, 1]``
     result = PGD(encoder, FeatureCosine(), norm="l2", eps=0.5, steps=20)(images)
     result.adv_images, result.objective, result.clean_objective
 
+The torchattacks idiom works too (the objective then defaults to the cross-entropy of the
+model's logits when labels are given, to the feature cosine otherwise)::
+
+    adv = PGD(classifier, eps=8/255, alpha=2/255, steps=10, return_images=True)(images, labels)
+
 Paper-protocol targeted attacks on the vision encoder (linf 16/255, 300 steps, step 1/255):
 :class:`EmbeddingMatch` (AttackVLM MF-ii), :class:`MAttack` (local crops),
 :class:`FOAAttack` (global + optimal-transport local alignment). Randomized (smoothed)
@@ -21,6 +26,7 @@ from featsmooth.attacks.eot import EoT, EoTObjective, judge_randomized
 from featsmooth.attacks.foa_attack import FOAAttack, kmeans, sinkhorn
 from featsmooth.attacks.m_attack import MAttack, crop_boxes, crop_resize, random_resized_crop
 from featsmooth.attacks.objectives import (
+    CrossEntropy,
     FeatureCosine,
     Objective,
     TextLikelihood,
@@ -35,6 +41,7 @@ __all__ = [
     "PGD",
     "Attack",
     "AttackResult",
+    "CrossEntropy",
     "EmbeddingMatch",
     "EoT",
     "EoTObjective",

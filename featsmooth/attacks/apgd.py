@@ -68,7 +68,7 @@ class APGD(Attack):
     def __init__(
         self,
         model_fn: ModelFn | None,
-        objective: Objective,
+        objective: Objective | None = None,
         norm: str = "linf",
         eps: float | str = 8 / 255,
         steps: int = 100,

@@ -139,7 +139,11 @@ class Attack:
             the identity (the objective consumes pixels). Adaptive attacks on a defended
             model simply pass the whole defended pipeline (e.g. purifier -> encoder -> mapper).
         objective: an :class:`~featsmooth.attacks.objectives.Objective` (or any callable
-            ``objective(outputs, **targets) -> (B,)``) to maximise.
+            ``objective(outputs, **targets) -> (B,)``) to maximise. ``None`` (default) picks
+            one per call, as torchattacks does: with labels, the cross-entropy of the model's
+            outputs as logits (:class:`~featsmooth.attacks.objectives.CrossEntropy`);
+            without, the untargeted feature cosine
+            (:class:`~featsmooth.attacks.objectives.FeatureCosine`).
         norm: ``"linf"`` or ``"l2"``.
         eps: budget in pixel units (float, or ``"k/255"`` for linf).
         steps: gradient steps per restart.
@@ -152,6 +156,11 @@ class Attack:
         record_history: also return the objective value at every iterate.
         input_dtype: dtype fed to ``model_fn`` (default: the dtype of its parameters).
         device: where to run (default: the device of the images).
+        return_images: calls return the adversarial images ``(B, C, H, W)`` alone, as
+            torchattacks does, instead of an :class:`AttackResult`.
+
+    Call: ``attack(images, labels)`` or ``attack(images, **targets)``; labels may be given
+    positionally (torchattacks style) or as ``labels=``.
     """
 
     name = "attack"
@@ -163,7 +172,7 @@ class Attack:
     def __init__(
         self,
         model_fn: ModelFn | None,
-        objective: Objective | Callable[..., torch.Tensor],
+        objective: Objective | Callable[..., torch.Tensor] | None = None,
         norm: str = "linf",
         eps: float | str = 8 / 255,
         steps: int = 10,
@@ -176,10 +185,11 @@ class Attack:
         record_history: bool = False,
         input_dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        return_images: bool = False,
     ) -> None:
         if model_fn is not None and not callable(model_fn):
             raise InputError(f"model_fn must be callable, got {type(model_fn).__name__}")
-        if not callable(objective):
+        if objective is not None and not callable(objective):
             raise InputError(f"objective must be callable, got {type(objective).__name__}")
         for label, value, low in (("steps", steps, 0), ("restarts", restarts, 1)):
             if not isinstance(value, int) or value < low:
@@ -198,6 +208,7 @@ class Attack:
         self.record_history = bool(record_history)
         self.input_dtype = input_dtype
         self.device = torch.device(device) if device is not None else None
+        self.return_images = bool(return_images)
         self._generator: torch.Generator | None = None
 
     # ------------------------------------------------------------------ properties
@@ -216,11 +227,19 @@ class Attack:
         )
 
     # ------------------------------------------------------------------ public API
-    def __call__(self, images: torch.Tensor, **targets: Any) -> AttackResult:
-        """Attack ``images`` ``(B, C, H, W)`` in ``[0, 1]``; ``targets`` are per-image
-        tensors/lists the objective needs (e.g. ``labels=``, ``reference_features=``)."""
+    def __call__(
+        self, images: torch.Tensor, labels: Any = None, /, **targets: Any
+    ) -> AttackResult | torch.Tensor:
+        """Attack ``images`` ``(B, C, H, W)`` in ``[0, 1]``; ``labels`` (positional) and
+        ``targets`` are per-image tensors/lists the objective needs (e.g. ``labels=``,
+        ``reference_features=``). Returns an :class:`AttackResult`, or the adversarial
+        images alone when the attack was built with ``return_images=True``."""
         x = self._check_images(images)
-        with seeded(self.seed, x.device) as gen:
+        if labels is not None:
+            if targets.get("labels") is not None:
+                raise InputError("labels given twice: positionally and as labels=")
+            targets["labels"] = labels
+        with seeded(self.seed, x.device) as gen, self._objective_for(targets):
             self._generator = gen
             try:
                 targets = self._prepare_targets(x, targets)
@@ -244,6 +263,8 @@ class Attack:
                 self._generator = None
         if not bool(self.threat.contains(best_adv, x).all()):  # pragma: no cover - a bug guard
             raise RuntimeError(f"{self.name}: an adversarial image left the threat model")
+        if self.return_images:
+            return best_adv.detach()
         return AttackResult(
             adv_images=best_adv.detach(),
             objective=best_val.detach(),
@@ -262,13 +283,32 @@ class Attack:
         models.
         """
         x = self._check_images(images)
+        with self._objective_for(targets):
+            return self._gradient(x, targets)
+
+    def _gradient(self, x: torch.Tensor, targets: Targets) -> tuple[torch.Tensor, torch.Tensor]:
         self._generator = torch.Generator(device="cpu")
-        self._generator.manual_seed(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+        self._generator.manual_seed(int(torch.randint(0, 2**63 - 1, (1,)).item()))
         try:
             targets = self._prepare_targets(x, targets)
             return self._value_and_grad(x, targets, step=0)
         finally:
             self._generator = None
+
+    @contextlib.contextmanager
+    def _objective_for(self, targets: Targets) -> Iterator[None]:
+        """Within the block, ``self.objective`` is set: the attack's own, or for
+        ``objective=None`` the torchattacks-style default for these targets."""
+        if self.objective is not None:
+            yield
+            return
+        from featsmooth.attacks.objectives import CrossEntropy, FeatureCosine
+
+        self.objective = CrossEntropy() if targets.get("labels") is not None else FeatureCosine()
+        try:
+            yield
+        finally:
+            self.objective = None
 
     # ------------------------------------------------------------------ hooks
     def _run(

@@ -119,7 +119,51 @@ class FeatureCosine(Objective):
         return cos if self.targeted else -cos
 
 
-class ZeroShotCrossEntropy(Objective):
+class CrossEntropy(Objective):
+    """Cross-entropy of a classifier's logits: the loss torchattacks maximises by default.
+
+    Args:
+        labels: ``(B,)`` int64 true classes (untargeted) or target classes (targeted); may be
+            given at call time (``attack(images, labels)``).
+        targeted: ``False``: value ``CE(logits, labels)``; ``True``: ``-CE(logits, labels)``.
+
+    Model outputs are logits ``(B, K)``. For a feature encoder, use
+    :class:`ZeroShotCrossEntropy` with class embeddings instead.
+    """
+
+    def __init__(self, labels: torch.Tensor | None = None, targeted: bool = False) -> None:
+        self.labels = labels
+        self.targeted = bool(targeted)
+
+    def resolve(self, targets: Targets, clean_outputs: Callable[[], torch.Tensor]) -> Targets:
+        targets = dict(targets)
+        if targets.get("labels") is None:
+            targets["labels"] = self.labels
+        if targets["labels"] is None:
+            raise InputError(f"{type(self).__name__} needs labels= (true or target classes)")
+        targets["labels"] = torch.as_tensor(targets["labels"]).long()
+        return targets
+
+    def __call__(
+        self, outputs: torch.Tensor, labels: torch.Tensor | None = None, **_: Any
+    ) -> torch.Tensor:
+        labels = labels if labels is not None else self.labels
+        if labels is None:
+            raise InputError(f"{type(self).__name__} needs labels=")
+        logits = self.logits(outputs)
+        ce = F.cross_entropy(logits, labels.to(logits.device).long(), reduction="none")
+        return -ce if self.targeted else ce
+
+    def logits(self, outputs: torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` float32 logits (here: the model outputs themselves)."""
+        if outputs.ndim != 2:
+            raise InputError(
+                f"cross-entropy needs logits (B, K), got outputs of shape {tuple(outputs.shape)}"
+            )
+        return outputs.float()
+
+
+class ZeroShotCrossEntropy(CrossEntropy):
     """Cross-entropy of zero-shot logits ``logit_scale * cos(f(x'), t_c)``.
 
     Args:
@@ -144,9 +188,8 @@ class ZeroShotCrossEntropy(Objective):
             raise InputError(
                 f"class_embeddings must be (K, D), got {tuple(class_embeddings.shape)}"
             )
+        super().__init__(labels, targeted)
         self.class_embeddings = F.normalize(class_embeddings.detach().float(), dim=1)
-        self.labels = labels
-        self.targeted = bool(targeted)
         self.logit_scale = float(logit_scale)
 
     def logits(self, outputs: torch.Tensor) -> torch.Tensor:
@@ -156,25 +199,6 @@ class ZeroShotCrossEntropy(Objective):
         if t.shape[1] != f.shape[1]:
             raise InputError(f"class embeddings have dim {t.shape[1]}, features {f.shape[1]}")
         return self.logit_scale * f @ t.T
-
-    def resolve(self, targets: Targets, clean_outputs: Callable[[], torch.Tensor]) -> Targets:
-        targets = dict(targets)
-        if targets.get("labels") is None:
-            targets["labels"] = self.labels
-        if targets["labels"] is None:
-            raise InputError("ZeroShotCrossEntropy needs labels= (true or target classes)")
-        targets["labels"] = torch.as_tensor(targets["labels"]).long()
-        return targets
-
-    def __call__(
-        self, outputs: torch.Tensor, labels: torch.Tensor | None = None, **_: Any
-    ) -> torch.Tensor:
-        labels = labels if labels is not None else self.labels
-        if labels is None:
-            raise InputError("ZeroShotCrossEntropy needs labels=")
-        logits = self.logits(outputs)
-        ce = F.cross_entropy(logits, labels.to(logits.device).long(), reduction="none")
-        return -ce if self.targeted else ce
 
 
 class TextLikelihood(Objective):

@@ -27,6 +27,7 @@ class PGD(Attack):
     Args:
         model_fn, objective, norm, eps, steps: see :class:`~featsmooth.attacks.base.Attack`.
         step_size: ``alpha`` in pixel units; default ``2.5 * eps / steps`` (Madry et al.).
+            ``alpha=`` is accepted as an alias (torchattacks' name).
         **kwargs: ``restarts``, ``random_start``, ``seed``, ``eot_iter``, ``keep_best``,
             ``record_history``, ``input_dtype``, ``device`` (see the base class).
 
@@ -37,6 +38,11 @@ class PGD(Attack):
 
         attack = PGD(encoder, FeatureCosine(), norm="l2", eps=0.5, steps=20)
         result = attack(images)            # untargeted: minimise cos(f(x'), f(x))
+
+        # torchattacks style: a classifier, labels, the adversarial images back
+        adv = PGD(classifier, eps=8 / 255, alpha=2 / 255, steps=10, return_images=True)(
+            images, labels
+        )
     """
 
     name = "pgd"
@@ -46,14 +52,20 @@ class PGD(Attack):
     def __init__(
         self,
         model_fn: ModelFn | None,
-        objective: Objective,
+        objective: Objective | None = None,
         norm: str = "linf",
         eps: float | str = 8 / 255,
         steps: int = 10,
         step_size: float | str | None = None,
+        *,
+        alpha: float | str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model_fn, objective, norm, eps, steps, **kwargs)
+        if alpha is not None:
+            if step_size is not None:
+                raise InputError("give the step size once: step_size= or its alias alpha=")
+            step_size = alpha
         if step_size is None:
             step_size = 2.5 * self.eps / max(steps, 1)
         elif isinstance(step_size, str):
