@@ -107,7 +107,8 @@ class PredictionCertificate:
     For the smoothed classifier ``g(x) = argmax_c <t_c, f_hat(x)>``:
 
     * ``margin``: pairwise-margin certificate; ``g(x + delta) = prediction`` for all
-      ``||delta|| < margin_radius`` (union bound over the rival classes).
+      ``||delta|| < margin_radius`` (one failure probability ``alpha`` for all the rival
+      classes together, with no union bound: docs/theory.md, Proposition 5).
     * ``fcsb``: implied by the FCSB alone (the cone of features within the certified cosine
       of the direction ``v`` stays in the class's region); ``g(x + delta) = fcsb_prediction``
       for ``||delta|| < fcsb_radius``.

@@ -530,9 +530,14 @@ class SmoothedEncoder(nn.Module):
         The smoothed prediction ``A = argmax_c <t_c, f_hat(x)>`` is chosen from the ``n0``
         samples; ``n`` fresh samples then give, each at level ``1 - alpha``:
 
-        * margin: for every rival ``B``, a lower bound at ``alpha/(K-1)`` on
+        * margin: for every rival ``B``, a lower bound ``p_B,low`` at level ``1 - alpha`` on
           ``p_B = E (1 + <w_B, f(x+eps)>)/2``, ``w_B = (t_A - t_B)/||t_A - t_B||``;
-          radius ``sigma * min_B Phi^-1(p_B,low)`` (abstain if any ``p_B,low <= 1/2``);
+          radius ``sigma * Phi^-1(min_B p_B,low)`` (abstain if ``min_B p_B,low <= 1/2``).
+          No split of ``alpha`` over the ``K - 1`` rivals is needed: the radius is wrong
+          only if ``min_B p_B,low > min_B p_B``, which implies that the bound of the rival
+          with the smallest true ``p_B`` (fixed once the ``n0`` samples fix ``A``) fails
+          (docs/theory.md, Proposition 5). The individual ``p_B,low`` are not
+          simultaneously valid and are not reported;
         * fcsb: the FCSB of the direction ``v`` reaching the cosine ``max_B sin(angle(v,
           t_A - t_B))`` that keeps every feature of the certified cone in class ``A``;
         * cohen: Clopper-Pearson bound on the vote share of the top class of the ``n0``
@@ -578,7 +583,6 @@ class SmoothedEncoder(nn.Module):
 
         # margins[i]: (n, K-1) values <w_B, f> over the rivals B of A, kept only until the
         # image's n samples are complete (then reduced to p_low); proj[i]: <v, f>
-        rival_alpha = bounds.split_alpha(alpha, num_classes - 1)
         margins: dict[int, torch.Tensor] = {}
         p_low = np.zeros(b)
         proj_dev = torch.zeros((2, b, n), dtype=torch.float64, device=self.device)
@@ -602,7 +606,7 @@ class SmoothedEncoder(nn.Module):
             filled[i] += k
             if filled[i] == n:
                 values = margins.pop(i).cpu().numpy()
-                p_low[i] = _min_rival_probability(values, rival_alpha, method, n)
+                p_low[i] = _min_rival_probability(values, alpha, method, n)
             bar.advance(k)
         bar.close()
         proj, proj_clean = proj_dev.cpu().numpy()
@@ -659,11 +663,15 @@ class SmoothedEncoder(nn.Module):
 
 
 def _min_rival_probability(values: np.ndarray, alpha: float, method: str, horizon: int) -> float:
-    """Smallest lower bound on ``p_B = E(1 + Z_B)/2`` over rivals (columns of ``values``).
+    """Lower bound on ``min_B p_B``, ``p_B = E(1 + Z_B)/2``, over rivals (columns of ``values``).
 
-    Each column's bound holds at level ``1 - alpha`` (the caller splits alpha). For the
-    betting bound, columns whose bound provably exceeds the running minimum are skipped:
-    one wealth test at that minimum replaces the full bisection, with identical result.
+    Returns a value ``<= (1 + L_B)/2`` for every column ``B``, where ``L_B`` is that column's
+    lower confidence bound on ``E Z_B`` at level ``1 - alpha``, so ``P[result > min_B p_B]
+    <= alpha`` with no split over columns (docs/theory.md, Proposition 5). For the betting
+    bound, columns whose wealth test already rejects the running minimum ``m`` (so
+    ``L_B >= m``) are skipped: one wealth evaluation replaces the full bisection. Which
+    columns are skipped, and in what order they are visited, depends on the samples; the
+    inequality above holds for every outcome, so that choice costs nothing.
     """
     if method != "betting":
         lows = [
