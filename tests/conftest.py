@@ -16,6 +16,17 @@ from featsmooth.encoders.synthetic import make_trig_encoder
 SIGMA = 0.25
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """One intra-op thread for the whole suite. Its tensors are tiny, so torch's thread pool
+    only adds overhead, and on a loaded machine it makes small forward passes hundreds of
+    times slower. Tests that start a subprocess (the command line) keep torch's default."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture
 def trig90():
     """One-frequency encoder with exact S = 0.9 at sigma 0.25, images 3x8x8."""

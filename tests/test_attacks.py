@@ -37,14 +37,6 @@ from featsmooth.errors import InputError
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny tensors: threading only adds overhead on a busy machine
-    yield
-    torch.set_num_threads(old)
-
-
 class TinyNet(nn.Module):
     """Two strided convs + linear head: (B, 3, 16, 16) in [0, 1] -> (B, 16) features."""
 

@@ -30,15 +30,6 @@ SMALL_PURIFIER = {"base_channels": 8, "channel_mults": (1, 2), "emb_dim": 32}
 SMALL_MAPPER = {"hidden": 64, "emb_dim": 32}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run much faster on one thread on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 class TinyEncoder(ImageEncoder):
     """A small random conv net on 16x16 images whose spatial features are noise sensitive."""
 
@@ -83,13 +74,10 @@ def train_small(encoder, images, **kw):
 
 @pytest.fixture(scope="module")
 def trained():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
     encoder = TinyEncoder()
     images = make_images()
     params_before = {k: v.clone() for k, v in encoder.state_dict().items()}
     plugin = train_small(encoder, images, val_images=images, val_every=15)
-    torch.set_num_threads(threads)
     return encoder, images, plugin, params_before
 
 

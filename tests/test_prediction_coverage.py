@@ -43,15 +43,6 @@ def _allowed_failures(runs: int, alpha: float) -> int:
     return int(stats.binom.ppf(0.999, runs, alpha))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Thousands of tiny tensor operations: one thread avoids oversubscribing the CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup():
     """Encoder, image, class embeddings ``(K, 6)`` and the exact smoothed feature."""
