@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from featsmooth.cache import cache_dir as default_cache_dir
 from featsmooth.encoders.base import ImageEncoder
 from featsmooth.encoders.cnn import EfficientNetLite0Features, load_efficientnet_lite0
 from featsmooth.errors import InputError, ModelUnavailableError
@@ -123,14 +124,6 @@ def load_minilm(device: str | torch.device | None = None) -> MiniLMTextEncoder:
     return enc.to(torch.device(device)) if device is not None else enc
 
 
-def _default_cache_dir() -> Path:
-    env = os.environ.get("FEATSMOOTH_CACHE_DIR")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "featsmooth"
-
-
 def _weights_hash(path: Path) -> str:
     h = hashlib.sha256()
     for name in ("model.safetensors", "pytorch_model.bin", "tokenizer.json", "vocab.txt"):
@@ -167,7 +160,7 @@ def class_prompt_table(
             return _CLASS_TABLE_CACHE[key].clone()
         file = None
         if cache_dir is not False:
-            root = _default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
+            root = default_cache_dir() if cache_dir in (None, True) else Path(cache_dir)
             file = root / f"class_prompts-{key}.safetensors"
         table = _read_table(file, len(class_names))
         if table is None:
