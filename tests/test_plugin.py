@@ -195,6 +195,11 @@ def test_save_load_round_trip(trained, tmp_path):
         a = plugin.wrap(encoder, 0.25)(x)
         b = loaded.wrap(encoder, 0.25)(x)
     assert torch.equal(a, b)
+    # the Hugging Face-style names do the same
+    plugin.save_pretrained(tmp_path / "hf")
+    again = type(plugin).from_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        assert torch.equal(again.wrap(encoder, 0.25)(x), a)
 
 
 def test_load_rejects_other_architecture_and_missing_tensors(trained, tmp_path):

@@ -18,7 +18,9 @@ a sigma outside the trained range unless ``allow_untrained_sigma=True``.
 from __future__ import annotations
 
 import hashlib
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -197,6 +199,24 @@ class Plugin:
                 f"sigma={sigma:g} is outside the range this plug-in was trained for "
                 f"[{lo:g}, {hi:g}]; pass allow_untrained_sigma=True to use it anyway"
             )
+
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        """Save to ``folder`` (safetensors weights + JSON card); see
+        :func:`featsmooth.plugin.io.save_plugin`. Hugging Face naming."""
+        from featsmooth.plugin.io import save_plugin
+
+        return save_plugin(self, folder)
+
+    @classmethod
+    def from_pretrained(
+        cls, folder: str | os.PathLike[str], *, device: torch.device | str | None = None
+    ) -> Plugin:
+        """Load a plug-in saved with :meth:`save_pretrained`; see
+        :func:`featsmooth.plugin.io.load_plugin` (the card is checked before anything is
+        built)."""
+        from featsmooth.plugin.io import load_plugin
+
+        return load_plugin(folder, device=device)
 
     def wrap(
         self, encoder: nn.Module, sigma: float, *, allow_untrained_sigma: bool = False
