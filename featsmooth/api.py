@@ -1515,11 +1515,13 @@ def report(
     labels: Sequence[str] | None = None,
     title: str = "featsmooth report",
 ) -> dict[str, list[Path]]:
-    """Tables and figures of run folders (see :func:`featsmooth.report.report`)."""
+    """Tables and figures of run folders (see :func:`featsmooth.report.report`); ``formats``
+    as ``"md,csv"`` or a list of :func:`featsmooth.report.registry.format_names` (``None``:
+    the defaults)."""
     from featsmooth.report import report as _report
+    from featsmooth.report.registry import parse_formats
 
-    if isinstance(formats, str):
-        formats = C.parse_str_list(formats)
+    formats = parse_formats(formats)
     for run in runs:
         if not Path(run).exists():
             raise FileNotFoundError(f"run folder not found: {run}")

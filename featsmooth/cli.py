@@ -566,15 +566,22 @@ def models() -> None:
     )
 
 
+def _report_formats() -> tuple[str, str]:
+    """(default ``--format``, help text) of ``report``, from the registry of formats."""
+    from featsmooth.report.registry import default_formats, format_help
+
+    return ",".join(default_formats()), format_help()
+
+
 @app.command(
-    epilog="Example: featsmooth report runs/demo --out reports/demo --format md,csv,png,html"
+    epilog="Example: featsmooth report runs/demo --out reports/demo --format md,tex,png,html"
 )
 def report(
     runs: Annotated[list[str], typer.Argument(help="Run folders to report on.")],
     out_dir: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("report"),
     fmt: Annotated[
-        str, typer.Option("--format", help="Comma-separated: md, csv, png, svg, html.")
-    ] = "md,csv,png,svg,html",
+        str, typer.Option("--format", help=f"Comma-separated, or all. {_report_formats()[1]}.")
+    ] = _report_formats()[0],
     label: Annotated[
         list[str] | None, typer.Option("--label", help="Name of each run (repeat per run).")
     ] = None,
@@ -582,8 +589,10 @@ def report(
 ) -> None:
     """Summary tables and figures (certified cosine / accuracy vs radius, ASR) of runs."""
     from featsmooth import api
+    from featsmooth.report.registry import parse_formats
 
-    written = api.report(runs, out_dir, C.parse_str_list(fmt), labels=label or None, title=title)
+    formats = parse_formats(fmt)  # before any run folder is read
+    written = api.report(runs, out_dir, formats, labels=label or None, title=title)
     count = 0
     for kind, paths in written.items():
         for p in paths:

@@ -51,7 +51,9 @@ def _resolve(target: str, module: ModuleType, owner: object) -> bool:
             obj = scope[head]
             break
     else:
-        return False
+        obj = getattr(module, head, None)  # a lazily imported name (module __getattr__)
+        if obj is None:
+            return False
     for i, part in enumerate(rest):
         if hasattr(obj, part):
             obj = getattr(obj, part)

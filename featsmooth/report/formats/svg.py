@@ -1,0 +1,19 @@
+"""``svg``: every figure as SVG with editable ``<text>`` (``svg.fonttype: none``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from featsmooth.report.registry import register
+
+
+@register("svg", "figures as SVG (editable text)", order=31)
+def write(ctx, out: Path) -> list[Path]:
+    from featsmooth.report.figures import save
+
+    written = []
+    for item in ctx.figures:
+        if item.figure is not None:
+            save(item.figure, out / f"{item.name}.svg", "svg")
+            written.append(out / f"{item.name}.svg")
+    return written
