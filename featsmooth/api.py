@@ -32,7 +32,6 @@ import re
 import time
 import warnings
 import zlib
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -604,7 +603,7 @@ def _certify_images_ray(
     ``(records, new, skipped)`` in image order.
     """
     from featsmooth import SmoothedEncoder
-    from featsmooth.distributed import ChunkCertifier, _import_ray
+    from featsmooth.distributed import ChunkCertifier, _import_ray, ray_stream
     from featsmooth.records import VOLATILE_KEYS, RunWriter
 
     ray = _import_ray()
@@ -653,25 +652,13 @@ def _certify_images_ray(
                 started = True
             if todo:
                 actors = _ray_actors(ray, ChunkCertifier, cfg, len(todo), center, plugin)
-            queue = deque(todo)
-            pending: dict[Any, tuple[Any, int]] = {}
 
-            def submit(actor: Any) -> None:
-                i = queue.popleft()
+            def call(actor: Any, i: int) -> Any:
                 x = source.image(i).unsqueeze(0)
-                ref = actor.certify.remote(x, [image_seed(cfg.seed, source.keys[i])], options)
-                pending[ref] = (actor, i)
+                return actor.certify.remote(x, [image_seed(cfg.seed, source.keys[i])], options)
 
-            for _ in range(2):  # two images in flight per worker: none idles while we write
-                for actor in actors:
-                    if queue:
-                        submit(actor)
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                actor, i = pending.pop(ready[0])
-                certs, seconds = ray.get(ready[0])
-                if queue:
-                    submit(actor)
+            # a lost worker's images are certified again on the others (same seeds)
+            for i, (certs, seconds) in ray_stream(ray, actors, todo, call):
                 cert, key = certs[0], source.keys[i]
                 record: dict[str, Any] = {"key": key, "image": key, "model": model_name}
                 record["sigma"] = cfg.sigma

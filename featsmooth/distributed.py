@@ -57,6 +57,7 @@ __all__ = [
     "certificate_record",
     "certify_dataset",
     "certify_dataset_ray",
+    "ray_stream",
 ]
 
 #: l2 radii (pixel units of [0, 1] images) at which records report the certified cosine.
@@ -677,25 +678,13 @@ def certify_dataset_ray(
                 )
                 for _ in range(workers)
             ]
-            queue = deque(chunks)
-            pending: dict[Any, tuple[Any, list[int]]] = {}
 
-            def submit(actor: Any) -> None:
-                chunk = queue.popleft()
-                ref = actor.certify.remote(plan.items.get(chunk), _seeds(plan, chunk), plan.options)
-                pending[ref] = (actor, chunk)
+            def call(actor: Any, chunk: list[int]) -> Any:
+                return actor.certify.remote(
+                    plan.items.get(chunk), _seeds(plan, chunk), plan.options
+                )
 
-            # two chunks in flight per actor: it never idles while the driver writes
-            for _ in range(2):
-                for actor in actors:
-                    if queue:
-                        submit(actor)
-            while pending:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                actor, chunk = pending.pop(ready[0])
-                certs, seconds = ray.get(ready[0])
-                if queue:
-                    submit(actor)
+            for chunk, (certs, seconds) in ray_stream(ray, actors, chunks, call):
                 yield chunk, certs, seconds
         finally:
             for actor in actors:
@@ -704,6 +693,64 @@ def certify_dataset_ray(
                 ray.shutdown()
 
     return _drive(plan, run_dir, execute, resume=resume, overwrite=overwrite, progress=progress)
+
+
+def ray_stream(
+    ray: Any,
+    actors: Sequence[Any],
+    items: Sequence[Any],
+    call: Callable[[Any, Any], Any],
+    *,
+    in_flight: int = 2,
+) -> Iterator[tuple[Any, Any]]:
+    """Run ``call(actor, item)`` for every item on a pool of Ray actors; yield
+    ``(item, result)`` in the order results arrive, each item exactly once.
+
+    ``in_flight`` calls are queued per actor, so none idles while the driver writes. A lost
+    worker is survived: when a call fails because its actor died (its process was killed,
+    its node was lost), that item, and every other item in flight on the dead actor, goes
+    back to the queue and runs on a surviving actor; the dead actor gets no more work. The
+    work is deterministic per item (certification with an explicit seed), so a rerun gives
+    the record the lost call would have given. If every actor dies, :class:`RuntimeError`
+    says how many items are left (what was yielded is kept: rerun to resume). Errors raised
+    by the work itself (bad input, a broken encoder) propagate unchanged.
+    """
+    from ray.exceptions import NodeDiedError, RayActorError, WorkerCrashedError
+
+    lost_worker = (RayActorError, WorkerCrashedError, NodeDiedError)
+    queue = deque(items)
+    alive = list(actors)
+    pending: dict[Any, tuple[Any, Any]] = {}
+
+    def submit(actor: Any) -> None:
+        item = queue.popleft()
+        pending[call(actor, item)] = (actor, item)
+
+    for _ in range(in_flight):
+        for actor in alive:
+            if queue:
+                submit(actor)
+    while pending:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        actor, item = pending.pop(ready[0])
+        try:
+            result = ray.get(ready[0])
+        except lost_worker:
+            queue.appendleft(item)  # run it again, first
+            if actor in alive:
+                alive.remove(actor)
+            if not alive:
+                raise RuntimeError(
+                    f"every Ray worker died; {len(queue) + len(pending)} item(s) were not "
+                    "finished (the records written so far are kept: rerun to resume)"
+                ) from None
+            for other in alive:  # keep the survivors busy with the returned work
+                while queue and sum(a is other for a, _ in pending.values()) < in_flight:
+                    submit(other)
+            continue
+        if queue:
+            submit(actor)
+        yield item, result
 
 
 # --------------------------------------------------------------------------------------
