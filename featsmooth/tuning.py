@@ -33,6 +33,7 @@ from torch import nn
 
 from featsmooth.cache import cache_dir
 from featsmooth.errors import InputError
+from featsmooth.records import atomic_write_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 #: Batch sizes tried by default: powers of two, CPU-friendly to GPU-friendly.
@@ -138,10 +139,7 @@ def _store(path: Path, key: str, tuning: Tuning) -> None:
     data = _load_cache(path)
     data[key] = {k: v for k, v in asdict(tuning).items() if k != "cached"}
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
-        os.replace(tmp, path)
+        atomic_write_bytes(path, json.dumps(data, indent=1, sort_keys=True).encode())
     except OSError:
         pass
 

