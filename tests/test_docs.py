@@ -3,6 +3,7 @@ and the generated reference (pdoc) builds."""
 
 from __future__ import annotations
 
+import builtins
 import importlib
 import inspect
 import pkgutil
@@ -45,7 +46,7 @@ def _documented(module: ModuleType):
 def _resolve(target: str, module: ModuleType, owner: object) -> bool:
     head, *rest = target.split(".")
     scopes = [vars(owner)] if inspect.isclass(owner) else []
-    scopes += [vars(module), {"featsmooth": featsmooth}]
+    scopes += [vars(module), {"featsmooth": featsmooth}, vars(builtins)]
     for scope in scopes:
         if head in scope:
             obj = scope[head]

@@ -24,7 +24,9 @@ Loaders (:func:`load_clip`, :func:`load_siglip`, :func:`load_llava_vision_tower`
 name or a local folder, load in float32 unless told otherwise, freeze the parameters
 (gradients still flow to the images) and raise :class:`ModelUnavailableError` with one line
 when the weights cannot be had (hub unreachable, name unknown). ``HF_HUB_OFFLINE`` set in the
-environment means ``local_files_only=True``.
+environment means ``local_files_only=True``; otherwise :mod:`featsmooth.encoders.hub` probes
+the hub once and, when it is unreachable, reads the cache only or fails at once with the
+command that downloads the model.
 """
 
 from __future__ import annotations
@@ -102,11 +104,40 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype:
 
 def _pretrained(loader: Callable[..., Any], name: str, **kwargs: Any) -> Any:
     """``loader(name, **kwargs)`` with offline handling and errors turned into one line."""
-    kwargs.setdefault("local_files_only", hub_offline())
+    from featsmooth.encoders.hub import local_files_only
+
+    if "local_files_only" not in kwargs:
+        kwargs["local_files_only"] = local_files_only(str(name))  # probes the hub once
     try:
         return loader(str(name), **kwargs)
     except _network_errors() as exc:
         raise unavailable_error(name, exc) from exc
+
+
+def _load_weights(cls: Any, name_or_path: str, **kwargs: Any) -> Any:
+    """``cls.from_pretrained`` of a model, safetensors first.
+
+    A local folder holding ``*.safetensors`` files is read from them only
+    (``use_safetensors=True``), never from a ``pytorch_model.bin`` beside them. A pickled
+    ``.bin`` is read by torch's weights-only unpickler, which refuses anything but
+    tensors: such a file is reported (exit code 4), its contents never run.
+    """
+    import pickle
+
+    folder = str(name_or_path)
+    if os.path.isdir(folder) and any(f.endswith(".safetensors") for f in os.listdir(folder)):
+        kwargs["use_safetensors"] = True
+    try:
+        return _pretrained(cls.from_pretrained, folder, **kwargs)
+    except pickle.UnpicklingError:
+        error = ModelUnavailableError(
+            f"cannot load model '{folder}': its pickled weights (pytorch_model.bin) hold "
+            "objects other than tensors, which featsmooth does not load"
+        )
+        error.hint = (  # type: ignore[attr-defined]
+            "use a copy of the model saved as safetensors (model.safetensors)"
+        )
+        raise error from None
 
 
 def read_model_config(name_or_path: str) -> dict[str, Any]:
@@ -123,6 +154,16 @@ def read_model_config(name_or_path: str) -> dict[str, Any]:
         return json.load(fh)
 
 
+def _local_only_quiet(name: str) -> bool:
+    """:func:`featsmooth.encoders.hub.local_files_only`, ``True`` where it would raise."""
+    from featsmooth.encoders.hub import local_files_only
+
+    try:
+        return local_files_only(name)
+    except ModelUnavailableError:
+        return True
+
+
 def _read_preprocessor_config(name_or_path: str) -> dict[str, Any]:
     """``preprocessor_config.json`` as a dict, or ``{}`` when the model has none."""
     from transformers.utils import cached_file
@@ -131,7 +172,7 @@ def _read_preprocessor_config(name_or_path: str) -> dict[str, Any]:
         path = cached_file(
             str(name_or_path),
             "preprocessor_config.json",
-            local_files_only=hub_offline() or os.path.isdir(str(name_or_path)),
+            local_files_only=_local_only_quiet(str(name_or_path)),
             _raise_exceptions_for_missing_entries=False,
             _raise_exceptions_for_connection_errors=False,
         )
@@ -151,12 +192,13 @@ def _normalisation(
     return tuple(float(v) for v in m), tuple(float(v) for v in s)
 
 
-def _load_tokenizer(name_or_path: str) -> Any | None:
-    """The model's tokenizer, or ``None`` when it has none (vision-only checkpoints)."""
+def _load_tokenizer(name_or_path: str, **kwargs: Any) -> Any | None:
+    """The model's tokenizer, or ``None`` when it has none (vision-only checkpoints);
+    ``kwargs`` go to ``AutoTokenizer.from_pretrained`` (e.g. ``subfolder=``)."""
     from transformers import AutoTokenizer
 
     try:
-        return _pretrained(AutoTokenizer.from_pretrained, name_or_path)
+        return _pretrained(AutoTokenizer.from_pretrained, name_or_path, **kwargs)
     except (ModelUnavailableError, ValueError, KeyError):
         return None
     except ImportError as exc:  # e.g. a sentencepiece tokenizer without sentencepiece
@@ -421,7 +463,7 @@ def _load_text_image(
     kind = read_model_config(name_or_path).get("model_type")
     vision_only = kind == vision_type
     cls = getattr(tf, vision_cls if vision_only else model_cls)
-    model = _pretrained(cls.from_pretrained, name_or_path, dtype=_resolve_dtype(dtype))
+    model = _load_weights(cls, name_or_path, dtype=_resolve_dtype(dtype))
     mean, std = _normalisation(_read_preprocessor_config(name_or_path), mean, std)
     tokenizer = None if vision_only else _load_tokenizer(name_or_path)
     enc = encoder_cls(_finish(model, None), tokenizer, mean=mean, std=std, name=str(name_or_path))
@@ -488,6 +530,13 @@ def _image_token_id(config: Any) -> int:
     raise InputError("the model config names no image token (image_token_id/image_token_index)")
 
 
+def _image_token_encoder(model: Any) -> bool:
+    """Whether ``model`` hands features back to its language model by its own ``generate`` /
+    ``loglikelihood`` methods (BLIP-2, PaliGemma, Idefics3, Qwen2-VL, LLaVA any-res, ...):
+    encoders that set the class attribute ``hands_back_features = True``."""
+    return bool(getattr(model, "hands_back_features", False))
+
+
 def _unwrap_llava(model: Any, stage: Stage | None = None) -> tuple[nn.Module, Any, Stage | None]:
     """Accept a LlavaVisionTower or the transformers model: ``(model, tokenizer, stage)``;
     a tower supplies its own tokenizer and, when ``stage`` is None, its own stage."""
@@ -507,7 +556,9 @@ class LlavaVisionTower(ImageEncoder):
     Args:
         model: ``LlavaForConditionalGeneration`` (or a model with the same
             ``vision_tower`` + ``multi_modal_projector`` layout). For LLaVA-NeXT only the
-            base-resolution view is encoded (no any-res tiles).
+            base-resolution view is encoded (no any-res tiles); ``load_encoder`` loads
+            LLaVA-NeXT / OneVision checkpoints with their tiles as
+            :class:`featsmooth.encoders.llava_next.LlavaAnyResTower`.
         stage: ``"vision"`` (default) returns vision-tower hidden states before the projector
             (what the paper smooths; hand them back with :meth:`project` or the
             ``*_with_image_features`` functions); ``"projected"`` returns the output of
@@ -767,6 +818,8 @@ def generate_with_image_features(
 
     Args:
         model: ``LlavaForConditionalGeneration`` (or a :class:`LlavaVisionTower` around one).
+            Any :class:`~featsmooth.encoders.image_tokens.ImageTokenEncoder` (BLIP-2,
+            PaliGemma, Idefics3, ...) is handed its own ``generate``/``loglikelihood``.
         processor_or_tokenizer: the model's processor or tokenizer (``None`` takes the
             tower's own tokenizer when ``model`` is a LlavaVisionTower).
         image_features: ``(B, T, D)``, vision-stage (projected here) or projected features;
@@ -780,6 +833,15 @@ def generate_with_image_features(
         The newly generated token ids ``(B, L_new)`` (the prompt is not repeated), or their
         decoded strings when ``return_text``.
     """
+    if _image_token_encoder(model):  # BLIP-2, PaliGemma, Idefics3, ...: the encoder knows how
+        return model.generate(
+            image_features,
+            prompts,
+            processor_or_tokenizer=processor_or_tokenizer,
+            stage=stage,
+            return_text=return_text,
+            **generate_kwargs,
+        )
     model, own_tok, stage = _unwrap_llava(model, stage)
     tok = _tokenizer_of(processor_or_tokenizer if processor_or_tokenizer is not None else own_tok)
     texts = _broadcast_texts(prompts, image_features.shape[0], "prompts")
@@ -815,6 +877,15 @@ def loglikelihood_with_image_features(
     """
     if reduction not in ("sum", "mean"):
         raise InputError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+    if _image_token_encoder(model):
+        return model.loglikelihood(
+            image_features,
+            prompts,
+            targets,
+            processor_or_tokenizer=processor_or_tokenizer,
+            stage=stage,
+            reduction=reduction,
+        )
     model, own_tok, stage = _unwrap_llava(model, stage)
     tok = _tokenizer_of(processor_or_tokenizer if processor_or_tokenizer is not None else own_tok)
     batch = image_features.shape[0]
@@ -860,7 +931,7 @@ def load_llava_vision_tower(
             f"'{name_or_path}' is a {kind!r} model; LLaVA towers support {sorted(classes)}"
         )
     cls = getattr(tf, classes[kind])
-    model = _pretrained(cls.from_pretrained, name_or_path, dtype=_resolve_dtype(dtype))
+    model = _load_weights(cls, name_or_path, dtype=_resolve_dtype(dtype))
     mean, std = _normalisation(
         _read_preprocessor_config(name_or_path), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
     )

