@@ -10,11 +10,39 @@ Quick use::
 See docs/theory.md for the statements and proofs behind every number.
 """
 
-from featsmooth import bounds
-from featsmooth.certificates import ABSTAIN, Certificate, PredictionCertificate
-from featsmooth.smoothing import SmoothedEncoder
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from featsmooth import bounds
+    from featsmooth.certificates import ABSTAIN, Certificate, PredictionCertificate
+    from featsmooth.smoothing import SmoothedEncoder
 
 __version__ = "0.1.0"
+
+# Imported on first use, so that ``featsmooth --help`` and a Ctrl-C while the command line
+# starts do not wait for torch and scipy.
+_LAZY = {
+    "ABSTAIN": "featsmooth.certificates",
+    "Certificate": "featsmooth.certificates",
+    "PredictionCertificate": "featsmooth.certificates",
+    "SmoothedEncoder": "featsmooth.smoothing",
+    "bounds": "featsmooth.bounds",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'featsmooth' has no attribute {name!r}")
+    value = importlib.import_module(module)
+    if name != "bounds":
+        value = getattr(value, name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ABSTAIN",

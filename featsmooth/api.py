@@ -31,17 +31,17 @@ import os
 import re
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import torch
 
 from featsmooth import config as C
 from featsmooth.errors import InputError, ModelUnavailableError
+from featsmooth.seeds import SCHEME as SEED_SCHEME
+from featsmooth.seeds import noise_seed
 
 if TYPE_CHECKING:
     from featsmooth.evaluate import EvaluationResult
@@ -87,9 +87,21 @@ class ImageSource:
     acceptable: list[list[int]]
     description: str
     label_names: list[str | None] = field(default_factory=list)
+    #: SHA-256 of image ``i``'s file (images read from files only)
+    digest: Callable[[int], str] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def content(self, index: int) -> dict[str, str]:
+        """Record fields identifying image ``index``'s content (``sha256`` of its file)."""
+        return {} if self.digest is None else {"sha256": self.digest(index)}
+
+    def check_unchanged(self, writer: Any) -> None:
+        """Refuse a run folder whose records were made from other files of the same names."""
+        if self.digest is not None:
+            done = [i for i, key in enumerate(self.keys) if key in writer]
+            writer.check_content({self.keys[i]: self.content(i) for i in done})
 
     def image(self, index: int) -> torch.Tensor:
         """Image ``index`` as ``(C, H, W)`` float32 in [0, 1]."""
@@ -100,32 +112,15 @@ class ImageSource:
 
 
 def _image_files(path: Path) -> list[Path]:
-    from featsmooth.data.loaders import IMAGE_EXTENSIONS
+    from featsmooth.data.loaders import list_image_files
 
-    if path.is_file():
-        return [path]
-    if not path.exists():
-        raise FileNotFoundError(f"image folder or file not found: {path}")
-    files = sorted(
-        p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-    )
-    if not files:
-        raise InputError(f"no image files in {path} (looked for {', '.join(IMAGE_EXTENSIONS)})")
-    return files
+    return list_image_files(path)
 
 
 def _read_image(path: Path, size: int) -> torch.Tensor:
-    from PIL import Image, UnidentifiedImageError
+    from featsmooth.data.loaders import open_image
 
-    from featsmooth.data.photos import image_to_tensor
-
-    try:
-        with Image.open(path) as im:
-            return image_to_tensor(im, size)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"image file not found: {path}") from None
-    except (UnidentifiedImageError, OSError) as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from None
+    return open_image(path, size)
 
 
 def _norm_name(name: str) -> str:
@@ -143,6 +138,8 @@ def folder_images(
     folder ``root/<class>/<image>`` whose folder name matches one of ``class_names``
     (case, ``_`` and ``-`` ignored) the image gets that class as its label.
     """
+    from featsmooth.records import content_digest
+
     items = [paths] if isinstance(paths, (str, Path)) else list(paths)
     if not items:
         raise InputError("give at least one image file or folder")
@@ -170,6 +167,7 @@ def folder_images(
         acceptable=[[label] if label is not None else [] for label in labels],
         description=", ".join(str(p) for p in items),
         label_names=[class_names[i] if i is not None and class_names else None for i in labels],
+        digest=lambda i: content_digest(files[i][1]),
     )
 
 
@@ -276,6 +274,54 @@ def model_image_size(encoder: Any, default: int = 224) -> int:
     return default
 
 
+def apply_tuning(cfg: Any, encoder: Any, images: torch.Tensor) -> tuple[Any, Any, Any]:
+    """With ``cfg.tune``: measure (or read from the cache) the fastest batch size and dtype
+    for this encoder and device (:func:`featsmooth.tuning.tune`; bfloat16 only where its
+    features agree with float32 ones) and return ``(cfg, encoder, tuning)`` with both set,
+    the encoder converted to the chosen dtype. The choice is part of the run settings.
+    Without ``cfg.tune``: ``(cfg, encoder, None)`` unchanged."""
+    if not getattr(cfg, "tune", False):
+        return cfg, encoder, None
+    import dataclasses
+
+    from featsmooth.tuning import tune
+
+    if torch_dtype(getattr(cfg, "dtype", "float32")) != torch.float32:
+        raise InputError("--tune chooses the dtype itself: drop --dtype (or drop --tune)")
+    choice = tune(encoder, images, cfg.sigma, device=cfg.device)
+    if choice.dtype != "float32":
+        encoder = encoder.to(torch_dtype(choice.dtype))
+    return (
+        dataclasses.replace(cfg, batch_size=choice.batch_size, dtype=choice.dtype),
+        encoder,
+        choice,
+    )
+
+
+def run_image_size(cfg: Any, encoder: Any) -> int:
+    """The side images are resized to: ``--size`` if given, else the encoder's own.
+
+    A size below the encoder's own is allowed (a cheap run, an experiment) but warned
+    about (check ``image-size-small``): the encoder then sees images it was not trained on,
+    and its predictions may be meaningless.
+    """
+    native = model_image_size(encoder)
+    size = getattr(cfg, "size", None) or native
+    declared = hasattr(encoder, "input_shape") or hasattr(encoder, "image_size")
+    if declared and size < native:
+        from featsmooth.checks import SanityWarning
+
+        warnings.warn(
+            SanityWarning(
+                "image-size-small",
+                f"--size {size} is below the {native} px this encoder expects: its features "
+                "and predictions at this size may mean little.",
+            ),
+            stacklevel=3,
+        )
+    return size
+
+
 def _read_class_names(spec: str) -> list[str]:
     path = Path(spec)
     if path.suffix.lower() in (".txt", ".csv") or path.is_file():
@@ -341,15 +387,16 @@ def noise_center(encoder: Any, shape: Sequence[int], device: Any = None) -> torc
     return torch.cat(feats).mean(0)
 
 
-def image_seed(seed: int, key: str) -> int:
-    """The 63-bit noise seed of the image with record ``key`` in a run seeded with ``seed``.
+def image_seed(seed: int, key: str | bytes) -> int:
+    """The 63-bit noise seed of the image with record ``key`` in a run seeded with ``seed``:
+    :func:`featsmooth.seeds.noise_seed` with purpose ``certify``.
 
     Depends only on the two, so resuming, reordering or adding images never changes the
-    noise an image gets.
+    noise an image gets (and ``certify_dataset`` and ``evaluate`` give it the same noise).
     """
-    state = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, zlib.crc32(key.encode())])
-    a, b = (int(v) for v in state.generate_state(2))
-    return ((a << 31) ^ b) & ((1 << 63) - 1)
+    from featsmooth.seeds import noise_seed
+
+    return noise_seed(seed, key, "certify")
 
 
 def _slug(text: str) -> str:
@@ -436,6 +483,8 @@ class RunResult:
         notes: things the user must know (e.g. a fallback model).
         unrelated_cosine: demo only: mean cosine between clean features of different images.
         seconds: wall time of this call.
+        tuning: the measured batch size and dtype (:class:`featsmooth.tuning.Tuning`) when
+            the run was tuned (``tune=True``), else ``None``.
     """
 
     run_dir: Path
@@ -449,6 +498,7 @@ class RunResult:
     notes: list[str] = field(default_factory=list)
     unrelated_cosine: float | None = None
     seconds: float = 0.0
+    tuning: Any = None
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -464,7 +514,7 @@ def _settings(cfg: C.CertifyConfig, source: ImageSource, size: int, zero_shot: b
         images=source.description if cfg.images is None else cfg.images,
         size=size,
         task="zero-shot" if zero_shot else "features",
-        seeds="per image: SeedSequence([seed, crc32(key)])",
+        seeds=SEED_SCHEME,
     )
     if cfg.center:
         settings["center"] = f"mean feature of {CENTER_IMAGES} uniform-noise images (seed 0)"
@@ -526,6 +576,7 @@ def _certify_images(
     assert cfg.run_dir is not None
     with RunWriter(cfg.run_dir, settings, resume=True, volatile=volatile) as writer:
         stored = {writer._key_of(r): r for r in writer.records if "key" in r}
+        source.check_unchanged(writer)
         todo = sum(1 for k in source.keys if k not in writer)
         if on_start is not None:
             on_start(len(source) - todo, todo)
@@ -542,6 +593,7 @@ def _certify_images(
             common = {"n0": cfg.n0, "n": cfg.n, "alpha": cfg.alpha, "method": cfg.method}
             record: dict[str, Any] = {"key": key, "image": key, "model": model_name}
             record["sigma"] = cfg.sigma
+            record.update(source.content(i))
             cert = pred = None
             if zero_shot:
                 kw: dict[str, Any] = {"seed": seed, "progress": cfg.progress}
@@ -631,6 +683,7 @@ def _certify_images_ray(
     volatile = VOLATILE_KEYS | EXTRA_VOLATILE
     with RunWriter(cfg.run_dir, settings, resume=True, volatile=volatile) as writer:
         stored = {writer._key_of(r): r for r in writer.records if "key" in r}
+        source.check_unchanged(writer)
         todo = [i for i, key in enumerate(source.keys) if key not in writer]
         if on_start is not None:
             on_start(len(source) - len(todo), len(todo))
@@ -663,6 +716,7 @@ def _certify_images_ray(
                 cert, key = certs[0], source.keys[i]
                 record: dict[str, Any] = {"key": key, "image": key, "model": model_name}
                 record["sigma"] = cfg.sigma
+                record.update(source.content(i))
                 record.update(feature_fields(cert, cfg.radii))
                 record["seconds"] = seconds
                 if cfg.keep_samples and cert.samples is not None:
@@ -711,8 +765,11 @@ def _ray_actors(
     ]
 
 
-def _sanity_checks(cfg: Any, images: torch.Tensor | None = None) -> list[Any]:
-    """The checks of :mod:`featsmooth.checks` that apply to certification settings."""
+def _sanity_checks(
+    cfg: Any, images: torch.Tensor | None = None, expected: Sequence[str] = ()
+) -> list[Any]:
+    """The checks of :mod:`featsmooth.checks` that apply to certification settings, less the
+    ``expected`` ones (a preset that chose those settings on purpose says so itself)."""
     from featsmooth.checks import run_checks
 
     with warnings.catch_warnings():
@@ -721,6 +778,7 @@ def _sanity_checks(cfg: Any, images: torch.Tensor | None = None) -> list[Any]:
             alpha=cfg.alpha, n=cfg.n, method=cfg.method, n0=cfg.n0, sigma=cfg.sigma,
             images=images, emit=False,
         )  # fmt: skip
+    found = [w for w in found if w.check not in expected]
     for w in found:
         warnings.warn(w, stacklevel=3)
     return found
@@ -733,6 +791,7 @@ def certify(
     on_record: Callback | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_config: Callable[[Any], None] | None = None,
+    on_tuning: Callable[[Any], None] | None = None,
     **settings: Any,
 ) -> RunResult:
     """Certify the features (and, for text-image models, the zero-shot predictions) of images.
@@ -788,9 +847,13 @@ def certify(
     classes = zero_shot_classes(encoder, cfg.classes, cfg.task)
     if cfg.ray and classes is not None:
         raise InputError(RAY_FEATURES_ONLY)
-    size = cfg.size or model_image_size(encoder)
+    size = run_image_size(cfg, encoder)
     source = _select_images(cfg.images, cfg.photos, size, classes[0] if classes else None)
     checks = _sanity_checks(cfg, source.image(0).unsqueeze(0))
+    probe = torch.stack([source.image(i) for i in range(min(4, len(source.keys)))])
+    cfg, encoder, tuning = apply_tuning(cfg, encoder, probe)
+    if tuning is not None and on_tuning is not None:
+        on_tuning(tuning)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     if cfg.ray:
         records, new, skipped = _certify_images_ray(
@@ -812,13 +875,15 @@ def certify(
         class_names=classes[0] if classes else None,
         checks=checks,
         seconds=time.perf_counter() - start,
+        tuning=tuning,
     )
 
 
 def _load_plugin(folder: str, device: str | None) -> Any:
     from featsmooth.plugin import load_plugin
+    from featsmooth.plugin.io import PACKAGED_PLUGINS
 
-    if not Path(folder).exists():
+    if folder not in PACKAGED_PLUGINS and not Path(folder).exists():
         raise FileNotFoundError(f"plug-in folder not found: {folder}")
     return load_plugin(folder, device=device)
 
@@ -826,7 +891,7 @@ def _load_plugin(folder: str, device: str | None) -> Any:
 # --------------------------------------------------------------------------------------
 # demo
 
-DEMO_FAST = {"n0": 8, "n": 32, "batch_size": 40}
+DEMO_FAST = {"n0": 8, "n": 32, "batch_size": 40, "tune": False}
 DEMO_FAST_PHOTOS = ("chelsea", "coffee")
 
 
@@ -848,6 +913,7 @@ def demo(
     on_record: Callback | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_config: Callable[[Any], None] | None = None,
+    on_tuning: Callable[[Any], None] | None = None,
     **settings: Any,
 ) -> RunResult:
     """Certify the shipped photos with the offline zero-shot default (``"default"``).
@@ -903,13 +969,19 @@ def demo(
             "device": cfg.device,
             "run_dir": run_dir,
             "progress": cfg.progress,
+            "tune": cfg.tune,
         },
     )
     if on_config is not None:
         on_config(ccfg)
+    ccfg, encoder, tuning = apply_tuning(ccfg, encoder, source.all_images()[:4])
+    if tuning is not None and on_tuning is not None:
+        on_tuning(tuning)
     classes = zero_shot_classes(encoder, None, "auto")
     size = model_image_size(encoder)
-    checks = _sanity_checks(ccfg, source.image(0).unsqueeze(0))
+    # the fast preset's small n0 and n are its point, not a mistake to warn about
+    expected = ("samples-too-few", "n0-small") if fast else ()
+    checks = _sanity_checks(ccfg, source.image(0).unsqueeze(0), expected)
     records, new, skipped, sm = _certify_images(
         ccfg, encoder, source, size, classes, on_record=on_record, on_start=on_start
     )
@@ -926,6 +998,7 @@ def demo(
         notes=notes,
         unrelated_cosine=_unrelated_cosine(sm, source.all_images()),
         seconds=time.perf_counter() - start,
+        tuning=tuning,
     )
 
 
@@ -976,7 +1049,7 @@ def predict(
             raise FileNotFoundError(f"image file or folder not found: {p}")
     encoder = load_model(cfg.model, cfg.device, cfg.dtype)
     classes = zero_shot_classes(encoder, cfg.classes, "auto")
-    size = cfg.size or model_image_size(encoder)
+    size = run_image_size(cfg, encoder)
     source = _select_images(paths, cfg.photos, size, classes[0] if classes else None)
     sm = SmoothedEncoder(
         encoder, cfg.sigma, device=cfg.device, input_dtype=torch_dtype(cfg.dtype),
@@ -1041,7 +1114,7 @@ def _attack_one(
 
     t0 = time.perf_counter()
     kw = {"steps": cfg.steps, "restarts": cfg.restarts}
-    kw["seed"] = image_seed(cfg.seed, record_key) % (1 << 31)
+    kw["seed"] = noise_seed(cfg.seed, record_key, "attack")
     if cfg.step_size is not None:
         kw["step_size"] = cfg.step_size
     if setting == "vanilla":
@@ -1052,7 +1125,7 @@ def _attack_one(
         with torch.no_grad():
             adv_cos = _cos(sm.features(result.adv_images), ref)
     else:
-        ref_seed = [image_seed(cfg.seed, key + "|ref")]
+        ref_seed = [noise_seed(cfg.seed, (key, "reference"), "judge")]
         ref = sm.predict_feature(x, cfg.judge_draws, seed=ref_seed)
 
         def model_fn(z: torch.Tensor) -> torch.Tensor:
@@ -1060,7 +1133,7 @@ def _attack_one(
 
         objective = EoTObjective(FeatureCosine(reference_features=ref), mode="mean_feature")
         result = cls(model_fn, objective, cfg.norm, eps, **kw)(x)
-        judge_seed = [image_seed(cfg.seed, record_key + "|judge")]
+        judge_seed = [noise_seed(cfg.seed, record_key, "judge")]
         adv_cos = _cos(sm.predict_feature(result.adv_images, cfg.judge_draws, seed=judge_seed), ref)
     smoothed = setting != "vanilla"
     return {
@@ -1138,7 +1211,7 @@ def attack(
     if on_config is not None:
         on_config(cfg)
     encoder = load_model(cfg.model, cfg.device, cfg.dtype)
-    size = cfg.size or model_image_size(encoder)
+    size = run_image_size(cfg, encoder)
     source = _select_images(cfg.images, cfg.photos, size, None)
     dtype = torch_dtype(cfg.dtype)
     common = {"device": cfg.device, "input_dtype": dtype, "batch_size": cfg.batch_size}
@@ -1156,7 +1229,7 @@ def attack(
         eot_draws=cfg.eot,
         eps=None,
     )
-    settings_rec = {"command": "attack", **C.to_dict(cfg), "size": size}
+    settings_rec = {"command": "attack", **C.to_dict(cfg), "size": size, "seeds": SEED_SCHEME}
     settings_rec["images"] = source.description if cfg.images is None else cfg.images
     jobs = [
         (i, key, setting, eps)
@@ -1169,6 +1242,7 @@ def attack(
     with RunWriter(cfg.run_dir, settings_rec, resume=True, volatile=VOLATILE_KEYS) as writer:
         stored = {writer._key_of(r): r for r in writer.records if "key" in r}
         rkey = [f"{key}|{setting}|{cfg.attack}|{cfg.norm}|{eps:g}" for _, key, setting, eps in jobs]
+        writer.check_content({k: source.content(j[0]) for j, k in zip(jobs, rkey) if k in writer})
         todo = sum(1 for k in rkey if k not in writer)
         if on_start is not None:
             on_start(len(jobs) - todo, todo)
@@ -1181,6 +1255,7 @@ def attack(
                 continue
             x = source.image(i).unsqueeze(0).to(smoothers["vanilla"].device)
             record = _attack_one(cfg, cls, smoothers[setting], setting, x, key, record_key, eps)
+            record.update(source.content(i))
             stored_record = writer.write(record)
             records.append(stored_record)
             new += 1
@@ -1272,7 +1347,7 @@ def evaluate(
     encoder = load_model(cfg.model, cfg.device, cfg.dtype)
     plugin = _load_plugin(cfg.plugin, cfg.device) if cfg.plugin else None
     classes = zero_shot_classes(encoder, cfg.classes, cfg.task)
-    size = cfg.size or model_image_size(encoder)
+    size = run_image_size(cfg, encoder)
     source = _select_images(cfg.images, cfg.photos, size, classes[0] if classes else None)
     labels = None
     if classes is not None:
@@ -1380,7 +1455,7 @@ def train_plugin(
     if cfg.val_images is not None and not Path(cfg.val_images).exists():
         raise FileNotFoundError(f"validation image folder or file not found: {cfg.val_images}")
     encoder = load_model(cfg.model, cfg.device, cfg.dtype)
-    size = cfg.size or model_image_size(encoder)
+    size = run_image_size(cfg, encoder)
     # random crops come from images loaded at twice the training size
     source = _select_images(cfg.images, cfg.photos, 2 * size if cfg.crops else size, None)
     images = source.all_images()
@@ -1503,7 +1578,7 @@ def models() -> list[ModelRow]:
 def report(
     runs: Sequence[str | Path],
     out: str | Path,
-    formats: Sequence[str] | str = ("md", "csv", "png", "svg", "html"),
+    formats: Sequence[str] | str | None = None,
     *,
     labels: Sequence[str] | None = None,
     title: str = "featsmooth report",

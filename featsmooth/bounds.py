@@ -373,6 +373,8 @@ class BoundMethod:
             (sequential stopping, early stops) when called with ``horizon=None``.
         min_samples: the fewest samples it accepts.
         summary: one line for help texts.
+        variance_adaptive: whether its slack shrinks with the sample variance (so it needs
+            far fewer samples when the projections concentrate, as they do for S near 1).
     """
 
     name: str
@@ -380,6 +382,7 @@ class BoundMethod:
     anytime_valid: bool
     min_samples: int = 1
     summary: str = ""
+    variance_adaptive: bool = True
 
 
 _REGISTRY: dict[str, BoundMethod] = {}
@@ -433,6 +436,7 @@ register(
         lambda values, alpha, horizon: hoeffding_lower_bound(values, alpha),
         anytime_valid=False,
         summary="Hoeffding (1963), variance-blind baseline; fixed n",
+        variance_adaptive=False,
     )
 )
 

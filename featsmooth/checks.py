@@ -28,6 +28,8 @@ Check ids (:data:`CHECKS` holds the descriptions):
 ``attack-out-of-range``    adversarial images outside [0,1]
 ``attack-no-perturbation`` every adversarial example equals its clean image
 ``eps-scale``              an l-inf eps >= 1 (probably 16 instead of 16/255)
+``image-size-small``       ``--size`` below the encoder's own input size (features may
+                           mean little); raised by the command line's size choice
 =========================  ============================================================
 """
 
@@ -49,7 +51,7 @@ CHECKS: dict[str, tuple[str, str]] = {
     ),
     "samples-too-few": (
         "n is too small for the bound method to ever give a tight lower bound",
-        "increase n, or use method='betting' or 'bernstein' (variance-adaptive)",
+        "increase n (the slack falls like 1/sqrt(n))",
     ),
     "n0-small": (
         "too few selection samples for a stable direction v",
@@ -93,9 +95,11 @@ CHECKS: dict[str, tuple[str, str]] = {
         "an l-inf budget >= 1 covers the whole pixel range",
         "eps is in pixel units of [0,1] images: 16/255 = 0.0627, not 16",
     ),
+    "image-size-small": (
+        "images are resized below the size the encoder was trained at",
+        "leave --size unset to use the encoder's own size",
+    ),
 }
-
-_METHODS = ("betting", "bernstein", "hoeffding")
 
 
 class SanityWarning(UserWarning):
@@ -140,7 +144,9 @@ def best_case_slack(alpha: float, n: int, method: str) -> float:
     """
     from featsmooth import bounds
 
-    return 1.0 - float(bounds.mean_lower_bound(np.ones(int(n)), alpha, method, horizon=int(n)))
+    # the slack only falls as n grows: beyond 10**6 samples its value there bounds it
+    m = min(int(n), 1_000_000)
+    return 1.0 - float(bounds.mean_lower_bound(np.ones(m), alpha, method, horizon=m))
 
 
 def check_alpha_vs_samples(
@@ -164,7 +170,8 @@ def check_alpha_vs_samples(
         raise InputError(f"n must be a positive number of samples, got {n}")
     from featsmooth import bounds
 
-    min_samples = bounds.get_method(method).min_samples
+    bound = bounds.get_method(method)
+    min_samples = bound.min_samples
     out = []
     if alpha > max_alpha:
         out.append(
@@ -185,6 +192,16 @@ def check_alpha_vs_samples(
                 f"with n = {int(n)} and alpha = {alpha:g}, the {method} bound stays at least "
                 f"{slack:.3g} below the mean even for perfectly concentrated samples "
                 f"(threshold {max_slack:g}).",
+                CHECKS["samples-too-few"][1]
+                + (
+                    ""
+                    if bound.variance_adaptive
+                    else "; "
+                    + " or ".join(
+                        repr(m) for m in bounds.METHODS if bounds.get_method(m).variance_adaptive
+                    )
+                    + " adapt to a small variance and need far fewer samples"
+                ),
             )
         )
     return out

@@ -16,17 +16,22 @@ import math
 import os
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
+try:
+    import click
+    import typer
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
 
-from featsmooth import config as C
-from featsmooth.errors import FeatsmoothError
+    from featsmooth import config as C
+    from featsmooth.errors import FeatsmoothError
+except KeyboardInterrupt:  # Ctrl-C while the command starts: one line, no traceback
+    sys.stderr.write("interrupted while starting; nothing was written\n")
+    raise SystemExit(130) from None
 
 EXIT_INTERRUPTED = 130
 EXIT_VIOLATION = 6
@@ -114,6 +119,21 @@ ClassesOpt = Annotated[
 ProgressOpt = Annotated[
     bool | None, typer.Option("--progress/--no-progress", help="Show progress bars.")
 ]
+TuneOpt = Annotated[
+    bool | None,
+    typer.Option(
+        "--tune/--no-tune",
+        help="Measure the fastest batch size and dtype for this encoder and device (a short "
+        "warm-up, cached; bfloat16 only where its features agree with float32 ones) and use "
+        "them instead of --batch-size/--dtype.",
+    ),
+]
+
+
+def _on_tuning(tuning: Any) -> None:
+    out.print(f"[bold]tuned:[/bold] {escape(tuning.describe())}")
+
+
 RunDirOpt = Annotated[
     str | None, typer.Option("--run-dir", help="Run folder for the records (resumed if it exists).")
 ]
@@ -157,11 +177,20 @@ def print_config(cfg: Any, title: str = "settings") -> None:
     out.print(f"[bold]{title}:[/bold] [dim]{escape(', '.join(items))}[/dim]", soft_wrap=True)
 
 
-def _on_start(done: int, todo: int) -> None:
-    if done:
-        out.print(f"resuming: {done} image(s) already certified in this run folder, {todo} to go")
-    else:
-        out.print(f"certifying {todo} image(s)")
+def _starting(what: str, doing: str, done_as: str) -> Callable[[int, int], None]:
+    """The ``on_start(done, todo)`` callback that announces a run: ``doing`` ``todo``
+    ``what``, or how many are already ``done_as`` when resuming."""
+
+    def on_start(done: int, todo: int) -> None:
+        if done:
+            out.print(f"resuming: {done} {what} already {done_as} in this run folder, {todo} to go")
+        else:
+            out.print(f"{doing} {todo} {what}")
+
+    return on_start
+
+
+_on_start = _starting("image(s)", "certifying", "certified")
 
 
 def _on_record(record: dict[str, Any], new: bool) -> None:
@@ -331,6 +360,13 @@ def demo(
     ] = None,
     config: ConfigOpt = None,
     progress: ProgressOpt = None,
+    tune: Annotated[
+        bool | None,
+        typer.Option(
+            "--tune/--no-tune",
+            help="Measure the fastest batch size and dtype first (cached). [default: tune]",
+        ),
+    ] = None,
 ) -> None:
     """Certify the shipped photos with the offline zero-shot default model.
 
@@ -340,15 +376,18 @@ def demo(
     """
     from featsmooth import api
 
+    if fast:
+        out.print("fast preset: 2 photos and few samples, a smoke test: the bounds are loose")
     result = api.demo(
         fast=fast,
         config_file=config,
         on_record=_on_record,
         on_start=_on_start,
         on_config=lambda cfg: print_config(cfg),
+        on_tuning=_on_tuning,
         **_given(
             sigma=sigma, n0=n0, n=n, alpha=alpha, method=method, batch_size=batch_size,
-            seed=seed, device=device, run_dir=run_dir, progress=progress,
+            seed=seed, device=device, run_dir=run_dir, progress=progress, tune=tune,
         ),
     )  # fmt: skip
     for note in result.notes:
@@ -424,7 +463,11 @@ def certify(
     ] = None,
     classes: ClassesOpt = None,
     plugin: Annotated[
-        str | None, typer.Option(help="Folder of a trained plug-in (purifier + mapper).")
+        str | None,
+        typer.Option(
+            help="Folder of a trained plug-in (purifier + mapper), or 'default': the "
+            "plug-in that ships for the offline default model."
+        ),
     ] = None,
     run_dir: RunDirOpt = None,
     config: ConfigOpt = None,
@@ -447,6 +490,7 @@ def certify(
         int | None,
         typer.Option(help="Ray workers. [default: one per GPU, else one per CPU]"),
     ] = None,
+    tune: TuneOpt = None,
 ) -> None:
     """Certify feature cosines (FCSB) and, for text-image models, zero-shot predictions.
 
@@ -462,13 +506,14 @@ def certify(
         on_record=_on_record,
         on_start=_on_start,
         on_config=lambda cfg: print_config(cfg),
+        on_tuning=_on_tuning,
         **_given(
             images=images, photos=photos, sigma=sigma, n0=n0, n=n, alpha=alpha, method=method,
             radii=radii, tolerance=tolerance, target_cosine=target_cosine,
             target_radius=target_radius, batch_size=batch_size, seed=seed, device=device,
             dtype=dtype, size=size, center=center, keep_samples=keep_samples, task=task,
             classes=classes, plugin=plugin, run_dir=run_dir, progress=progress, ray=ray,
-            ray_address=ray_address, workers=workers,
+            ray_address=ray_address, workers=workers, tune=tune,
         ),
     )  # fmt: skip
     print_run(result)
@@ -560,7 +605,9 @@ def models() -> None:
         )
     out.print(table)
     out.print(
-        "Any Hugging Face CLIP/SigLIP/LLaVA id or local model folder also works where its "
+        "Any Hugging Face id or local folder of a supported model type (CLIP, SigLIP, LLaVA, "
+        "LLaVA-NeXT, LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL, ...) and any open_clip name "
+        "(ARCH/TAG, hf-hub:org/repo; needs the open_clip extra) also works where its "
         "weights are available.",
         soft_wrap=True,
     )
@@ -705,7 +752,7 @@ def attack(
         model,
         config_file=config,
         on_record=_on_attack_record,
-        on_start=_on_start,
+        on_start=_starting("attack job(s) (image x budget x setting)", "running", "done"),
         on_config=lambda cfg: print_config(cfg),
         **_given(
             images=images, photos=photos, attack=attack_name, norm=norm, eps=eps, steps=steps,
@@ -1001,15 +1048,26 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     err.print(f"[yellow]warning: {escape(text)}[/yellow]", soft_wrap=True)
 
 
+#: longest error line printed (a crafted input must not print megabytes)
+MAX_MESSAGE = 400
+
+
 def _hint(exc: BaseException) -> str:
     command = _state.get("command")
     code = getattr(exc, "exit_code", 2)
+    hint = getattr(exc, "hint", None)
+    if isinstance(hint, str) and hint:
+        return hint
     if isinstance(exc, FileNotFoundError):
         return "check the path"
+    if isinstance(exc, MemoryError):
+        return "lower --batch-size, --size or --n"
+    if isinstance(exc, OSError):
+        return "check the path, its permissions and the free disk space"
     if code == 4:
         return "see `featsmooth models` for what is installed"
     if code == 5:
-        return "use another --run-dir, or the settings saved in the run folder's config.yaml"
+        return "use another --run-dir, or rerun with the settings saved in its settings.json"
     if code == 3:
         return "check the encoder's outputs (rerun with --debug for details)"
     return f"see `featsmooth {command} --help`" if command else "see `featsmooth --help`"
@@ -1019,13 +1077,21 @@ def _error(exc: BaseException, code: int) -> int:
     if _state.get("debug"):
         err.print_exception(show_locals=False)
     message = str(exc.args[0]) if isinstance(exc, OSError) and exc.args else str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        message = exc.strerror
     if (
         isinstance(exc, FileNotFoundError)
         and exc.filename
         and not str(exc.args[0]).endswith(str(exc.filename))
     ):
         message = f"file not found: {exc.filename}"
+    if isinstance(exc, OSError) and exc.filename and str(exc.filename) not in message:
+        message = f"{message}: {exc.filename}"
+    if isinstance(exc, MemoryError):
+        message = f"out of memory ({message or 'allocation failed'})"
     message = " ".join(message.split())
+    if len(message) > MAX_MESSAGE:
+        message = message[: MAX_MESSAGE - 1] + "…"
     err.print(f"[red]error: {escape(message)}[/red] [dim]({escape(_hint(exc))})[/dim]",
               soft_wrap=True)  # fmt: skip
     return code
@@ -1065,10 +1131,22 @@ class _InterruptFlag:
             self._previous = None
 
 
+def _escape_unprintable() -> None:
+    """Print what the terminal cannot encode (a file name that is not UTF-8 holds lone
+    surrogates) as ``\\udce9``-style escapes instead of failing on it."""
+    for stream in (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError):  # pragma: no cover - a stream that cannot change
+                pass
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["command"] = next((a for a in args if not a.startswith("-")), None)
+    _escape_unprintable()
     command = typer.main.get_command(app)
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
@@ -1076,7 +1154,9 @@ def run(argv: list[str] | None = None) -> int:
     try:
         with interrupted:
             result = command.main(args=args, prog_name="featsmooth", standalone_mode=False)
-        if interrupted.seen:  # the KeyboardInterrupt was swallowed on its way up
+        # typer turns a KeyboardInterrupt into exit code 130 without a word; a swallowed
+        # one (a finaliser, a library callback) leaves only the flag
+        if interrupted.seen or result == EXIT_INTERRUPTED:
             raise KeyboardInterrupt
         return result if isinstance(result, int) else 0
     except _CLICK_EXITS as exc:
@@ -1093,7 +1173,7 @@ def run(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except FeatsmoothError as exc:
         return _error(exc, exc.exit_code)
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
+    except (OSError, MemoryError) as exc:  # a missing file, a full or read-only disk, ...
         return _error(exc, 2)
     finally:
         warnings.showwarning = previous
@@ -1101,7 +1181,12 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``featsmooth``."""
-    sys.exit(run(argv))
+    try:
+        code = run(argv)
+    except KeyboardInterrupt:  # a Ctrl-C after the command's own handling
+        sys.stderr.write("interrupted\n")
+        code = EXIT_INTERRUPTED
+    sys.exit(code)
 
 
 if __name__ == "__main__":

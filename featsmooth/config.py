@@ -32,6 +32,11 @@ from typing import Any, TypeVar, get_type_hints
 from featsmooth.errors import InputError
 
 CONFIG_FILE = "config.yaml"
+#: largest config file read (a settings file is a few hundred bytes)
+MAX_CONFIG_BYTES = 1 << 20
+#: most values a YAML config file may expand to: each alias (``*name``) repeats a whole
+#: subtree, so a few nested ones make a 1 KB file into gigabytes ("billion laughs")
+MAX_YAML_NODES = 10_000
 DTYPES = ("float32", "bfloat16", "float16")
 TASKS = ("auto", "features", "zero-shot")
 DEFAULT_RADII = (0.1, 0.25, 0.5)
@@ -80,6 +85,7 @@ class CertifyConfig(_ModelSettings):
     ray: bool = False
     ray_address: str | None = None
     workers: int | None = None
+    tune: bool = False
 
 
 @dataclass
@@ -97,6 +103,7 @@ class DemoConfig:
     device: str | None = None
     run_dir: str | None = None
     progress: bool = True
+    tune: bool = True
 
 
 @dataclass
@@ -218,9 +225,16 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
     if not path.is_file():
         raise InputError(f"config file not found: {path}")
     try:
+        size = path.stat().st_size
+        if size > MAX_CONFIG_BYTES:
+            raise InputError(
+                f"config file {path} is {size} bytes; a settings file is far smaller "
+                f"(at most {MAX_CONFIG_BYTES} bytes read)"
+            )
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"cannot read config file {path}: {exc}") from None
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        raise InputError(f"cannot read config file {path}: {reason}") from None
     if path.suffix.lower() == ".toml":
         if sys.version_info >= (3, 11):
             import tomllib
@@ -240,15 +254,59 @@ def load_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
         import yaml
 
         try:
+            _check_yaml_size(yaml.compose(text, Loader=yaml.SafeLoader), path)
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            reason = " ".join(str(exc).split())
+            reason = _shorten(" ".join(str(exc).split()), 200)
             raise InputError(f"config file {path} is not valid YAML: {reason}") from None
     if data is None:
         return {}
     if not isinstance(data, Mapping):
         raise InputError(f"config file {path} must hold a mapping of setting names to values")
     return {_key(k): v for k, v in data.items()}
+
+
+def _check_yaml_size(root: Any, path: Path) -> None:
+    """Refuse a YAML document that expands to more than :data:`MAX_YAML_NODES` values
+    (aliases counted as the subtrees they repeat), nests deeper than 50 or refers to
+    itself."""
+    import yaml
+
+    sizes: dict[int, int] = {}
+    busy: set[int] = set()
+
+    def too_big(what: str) -> InputError:
+        return InputError(
+            f"config file {path} {what}; a settings file holds a few plain values: "
+            "write them out without YAML aliases (*name)"
+        )
+
+    def size(node: Any, depth: int) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in busy:
+            raise too_big("refers to itself through a YAML alias")
+        if depth > 50:
+            raise too_big("nests more than 50 levels deep")
+        total = 1
+        if isinstance(node, (yaml.SequenceNode, yaml.MappingNode)):
+            busy.add(key)
+            children = (
+                node.value
+                if isinstance(node, yaml.SequenceNode)
+                else [part for pair in node.value for part in pair]
+            )
+            for child in children:
+                total += size(child, depth + 1)
+                if total > MAX_YAML_NODES:
+                    raise too_big(f"expands to more than {MAX_YAML_NODES} values")
+            busy.discard(key)
+        sizes[key] = total
+        return total
+
+    if root is not None:
+        size(root, 0)
 
 
 def _section(data: Mapping[str, Any], command: str | None) -> dict[str, Any]:
@@ -278,10 +336,12 @@ def parse_float_list(value: Any, what: str = "value") -> list[float]:
     for p in parts:
         try:
             x = float(_fraction(p) if isinstance(p, str) else p)
-        except (TypeError, ValueError):
-            raise InputError(f"{what}: {p!r} is not a number") from None
+        except ZeroDivisionError:
+            raise InputError(f"{what}: {_repr(p)} divides by zero") from None
+        except (TypeError, ValueError, OverflowError):
+            raise InputError(f"{what}: {_repr(p)} is not a number") from None
         if not math.isfinite(x):
-            raise InputError(f"{what}: {p!r} is not a finite number")
+            raise InputError(f"{what}: {_repr(p)} is not a finite number")
         out.append(x)
     if not out:
         raise InputError(f"{what}: give at least one number")
@@ -294,6 +354,19 @@ def _fraction(text: str) -> float:
         num, _, den = text.partition("/")
         return float(num) / float(den)
     return float(text)
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _repr(value: Any) -> str:
+    """A short repr for an error message (a crafted value must not print megabytes)."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother = 3, 60, 60
+    return _shorten(short.repr(value))
 
 
 def parse_str_list(value: Any) -> list[str]:
@@ -333,14 +406,21 @@ def _convert(name: str, hint: Any, value: Any, source: str) -> Any:
         if text.startswith("float"):
             if isinstance(value, bool):
                 raise ValueError
-            out = float(_fraction(value) if isinstance(value, str) else value)
+            try:
+                out = float(_fraction(value) if isinstance(value, str) else value)
+            except ZeroDivisionError:
+                raise InputError(f"{where}: {_repr(value)} divides by zero") from None
             if not math.isfinite(out):
-                raise ValueError
+                raise InputError(f"{where} must be a finite number, got {_repr(value)}")
             return out
+        if isinstance(value, (Mapping, list, tuple, set)):
+            raise ValueError
         return str(value)
-    except (TypeError, ValueError):
+    except InputError:  # already names the key and the reason
+        raise
+    except (TypeError, ValueError, OverflowError):
         kind = text.split(" ")[0].split("|")[0]
-        raise InputError(f"{where} must be of type {kind}, got {value!r}") from None
+        raise InputError(f"{where} must be of type {kind}, got {_repr(value)}") from None
 
 
 def _positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
@@ -394,7 +474,83 @@ def validate(cfg: Any) -> Any:
         raise InputError(f"target-cosine must lie in [0, 1), got {target_c!r}")
     if getattr(cfg, "images", None) is not None and getattr(cfg, "photos", False):
         raise InputError("give either --images or --photos, not both")
+    for name in ("run_dir", "out"):
+        folder = getattr(cfg, name, None)
+        if isinstance(folder, str) and os.path.exists(folder) and not os.path.isdir(folder):
+            flag = "--run-dir" if name == "run_dir" else "--out"
+            raise InputError(f"{flag} {folder} exists and is not a folder")
+    check_memory(cfg)
     return cfg
+
+
+#: largest image side accepted (a 16384 x 16384 RGB image is 3.2 GB as float32)
+MAX_SIZE = 16384
+
+
+def _total_memory() -> int | None:
+    """Physical memory of this machine in bytes (None where unknown)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE")) * int(os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - not POSIX
+        return None
+
+
+def _gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:.3g} GB"
+
+
+def memory_estimate(cfg: Any) -> int:
+    """A lower bound on the memory (bytes) a run with these settings needs at its peak.
+
+    Counted: one batch of noisy images (``min(batch_size, n)`` images of ``3 x size x
+    size`` float32, the image side known only when ``size`` is given) and the kept
+    projections of the certification draws (two float64 per draw: smoothed and clean
+    reference). The encoder's own activations come on top.
+    """
+    n = max(int(getattr(cfg, "n", 0) or 0), int(getattr(cfg, "n0", 0) or 0))
+    size = getattr(cfg, "size", None)
+    batch = int(getattr(cfg, "batch_size", 1) or 1)
+    total = 16 * n
+    if size:
+        images = max(1, min(batch, n) if n else batch)
+        total += images * 3 * int(size) ** 2 * 4
+    return total
+
+
+def check_memory(cfg: Any, available: int | None = None) -> None:
+    """Refuse settings that cannot fit in this machine's memory; warn above half of it.
+
+    Raises:
+        InputError: ``size`` above :data:`MAX_SIZE`, or :func:`memory_estimate` above
+            ``available`` (default: the physical memory).
+    """
+    size = getattr(cfg, "size", None)
+    if size is not None and size > MAX_SIZE:
+        raise InputError(
+            f"size = {size} pixels is too large: one {size}x{size} image alone takes "
+            f"{_gb(3 * size**2 * 4)} (at most {MAX_SIZE}; models use 224-448)"
+        )
+    available = _total_memory() if available is None else available
+    if not available:
+        return
+    need = memory_estimate(cfg)
+    what = f"n = {getattr(cfg, 'n', None)}, batch-size = {getattr(cfg, 'batch_size', None)}" + (
+        f", size = {size}" if size else ""
+    )
+    if need > available:
+        raise InputError(
+            f"these settings ({what}) need at least {_gb(need)} of memory, more than the "
+            f"{_gb(available)} of this machine: lower --n, --batch-size or --size"
+        )
+    if need > available / 2:
+        import warnings
+
+        warnings.warn(
+            f"these settings ({what}) need at least {_gb(need)} of memory, over half of the "
+            f"{_gb(available)} of this machine",
+            UserWarning,
+            stacklevel=3,
+        )
 
 
 def resolve(
@@ -417,7 +573,7 @@ def resolve(
         unknown = sorted(set(data) - set(names))
         if unknown:
             raise InputError(
-                f"unknown setting(s) {', '.join(unknown)} in {config_file}; "
+                f"unknown setting(s) {_shorten(', '.join(unknown))} in {config_file}; "
                 f"valid: {', '.join(n.replace('_', '-') for n in names)}"
             )
         for k, v in data.items():

@@ -45,6 +45,7 @@ import torch
 
 from featsmooth import bounds
 from featsmooth.errors import InputError
+from featsmooth.seeds import noise_seed
 
 logger = logging.getLogger("featsmooth")
 
@@ -134,6 +135,13 @@ def _noisy_mean_projection(
     return np.concatenate(values, axis=1), total
 
 
+def _seed_key(key: Any) -> Any:
+    """A record key as a seed key (:func:`featsmooth.seeds.noise_seed`): tuples part-wise."""
+    if isinstance(key, (tuple, list)):
+        return tuple(k if isinstance(k, (str, bytes, int)) else str(k) for k in key)
+    return key if isinstance(key, (str, bytes, int)) else str(key)
+
+
 def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
     denom = float(a.norm() * b.norm())
     return float(a @ b) / denom if denom > 0 else math.nan
@@ -184,7 +192,7 @@ def check_consistency(
     n: int = 256,
     alpha: float = 0.001,
     method: str = bounds.DEFAULT_METHOD,
-    seed: int | None = 0,
+    seed: int | Sequence[int] | None = 0,
     tolerance: float = DEFAULT_TOLERANCE,
     run_dir: str | Path | None = None,
     keys: Sequence[Any] | None = None,
@@ -205,7 +213,10 @@ def check_consistency(
         n: fresh noise draws per attacked input (independent of the certification draws).
         alpha: failure probability of the check's upper confidence bound.
         method: confidence bound (``betting``, ``bernstein`` or ``hoeffding``).
-        seed: seed of the check's noise (use one the certificate did not use).
+        seed: run seed of the check's noise: input ``i`` draws from
+            ``featsmooth.seeds.noise_seed(seed, keys[i], "check")`` (its index when no
+            ``keys`` are given), independent of the certificate's draws (purpose
+            ``certify``); or one seed per input, used as given; ``None``: fresh noise.
         tolerance: rounding allowance (see the module docstring).
         run_dir: where to save the tensors of violations (``None``: not saved).
         keys: record keys naming the inputs in messages and file names.
@@ -228,6 +239,14 @@ def check_consistency(
     if not isinstance(n, int) or n < 2:
         raise InputError(f"n must be an integer >= 2, got {n!r}")
     keys = list(keys) if keys is not None else list(range(images.shape[0]))
+    if seed is None:
+        seed = int(np.random.SeedSequence().entropy % (1 << 63))
+    if isinstance(seed, (int, np.integer)):
+        seeds = [noise_seed(int(seed), _seed_key(k), "check") for k in keys]
+    else:
+        seeds = [int(s) for s in seed]
+        if len(seeds) != images.shape[0]:
+            raise InputError(f"got {len(seeds)} seeds for {images.shape[0]} images")
     device = smoothed.device
     x = images.detach().to(device, torch.float32)
     xa = adv_images.detach().to(device, torch.float32)
@@ -245,8 +264,7 @@ def check_consistency(
         r = float(radii[i])
         v = torch.as_tensor(np.asarray(cert.direction), dtype=torch.float64, device=device)
         u = clean_feats[i]
-        gen = torch.Generator(device=device)
-        gen.manual_seed(int(np.random.SeedSequence([int(seed or 0), i]).generate_state(1)[0]))
+        gen = torch.Generator(device=device).manual_seed(seeds[i])
         vals, adv_sum = _noisy_mean_projection(smoothed, xa[i], torch.stack([v, u]), n, gen, chunk)
         if clean_smoothed is not None:
             clean_sum = clean_smoothed[i].to(device, torch.float64)

@@ -9,8 +9,11 @@ be resumed with the other.
 Identical results. Both split the dataset into fixed *chunks* of ``images_per_call``
 consecutive images (chunk ``j`` holds global indices ``j*c .. j*c + c - 1``) and certify
 each chunk with one :meth:`featsmooth.SmoothedEncoder.certify` call whose per-image seeds
-are given explicitly: image ``i`` always gets ``featsmooth.smoothing._seed_for(seed, i)``,
-the seed a single ``certify(all_images, seed=seed)`` call gives it. The chunking is part of
+are given explicitly: the image with key ``k`` always gets
+``featsmooth.seeds.noise_seed(seed, k, "certify")``, the seed ``featsmooth certify`` gives
+the image file with that key and :func:`featsmooth.evaluate.evaluate` the image with that
+name (with the default keys, the indices, it is the seed a single
+``certify(all_images, seed=seed)`` call gives image ``i``). The chunking is part of
 the result-defining settings because sequential stopping (``tolerance`` / ``target``) tests
 its rules in rounds whose size depends on the number of images in a call. Hence every
 record field except the timing (``seconds``) is the same whatever the number of workers,
@@ -47,8 +50,11 @@ from torch import nn
 from featsmooth import bounds
 from featsmooth.certificates import Certificate
 from featsmooth.errors import InputError, ModelUnavailableError
+from featsmooth.progress import Bar
 from featsmooth.records import RunWriter, read_settings, to_jsonable
-from featsmooth.smoothing import SmoothedEncoder, _seed_for
+from featsmooth.seeds import SCHEME as SEED_SCHEME
+from featsmooth.seeds import noise_seed
+from featsmooth.smoothing import SmoothedEncoder
 
 __all__ = [
     "DEFAULT_IMAGES_PER_CALL",
@@ -359,6 +365,7 @@ def _plan(
         "alpha": alpha,
         "method": method,
         "seed": int(seed),
+        "seeds": SEED_SCHEME,
         "radii": radii_list,
         "tolerance": tolerance,
         "target": list(target) if target is not None else None,
@@ -396,7 +403,7 @@ def _drive(
             for chunk in _chunks(items.count, plan.images_per_call)
             if any(items.keys[i] not in writer for i in chunk)
         ]
-        bar = _Bar(progress, sum(len(c) for c in todo))
+        bar = Bar(progress, sum(len(c) for c in todo), "certify", unit="images")
         try:
             for chunk, certs, seconds in execute(todo):
                 for i, cert in zip(chunk, certs):
@@ -430,7 +437,7 @@ def _norm_key(key: Any) -> Any:
 
 
 def _seeds(plan: _Plan, chunk: Sequence[int]) -> list[int]:
-    return [_seed_for(plan.seed, i) for i in chunk]
+    return [noise_seed(plan.seed, plan.items.keys[i], "certify") for i in chunk]
 
 
 # --------------------------------------------------------------------------------------
@@ -475,8 +482,9 @@ def certify_dataset(
             ``"image"``; only one chunk of a dataset is in memory at a time.
         sigma, n0, n, alpha, method, tolerance, target, batch_size: as in
             :meth:`featsmooth.SmoothedEncoder.certify`.
-        seed: run seed; image ``i`` uses ``_seed_for(seed, i)``. ``None`` reuses the seed of
-            the run being resumed, or draws one (recorded in the settings).
+        seed: run seed; the image with key ``k`` uses ``noise_seed(seed, k, "certify")``
+            (:mod:`featsmooth.seeds`). ``None`` reuses the seed of the run being resumed,
+            or draws one (recorded in the settings).
         run_dir: run folder (records.jsonl + settings.json); ``None`` writes nothing.
         radii: l2 radii at which each record reports the certified cosine.
         images_per_call: images per ``certify`` call (result-defining in sequential mode).
@@ -751,26 +759,3 @@ def ray_stream(
         if queue:
             submit(actor)
         yield item, result
-
-
-# --------------------------------------------------------------------------------------
-# Progress
-
-
-class _Bar:
-    def __init__(self, enabled: bool, total: int) -> None:
-        self._progress = None
-        if enabled and total:
-            from rich.progress import Progress
-
-            self._progress = Progress()
-            self._task = self._progress.add_task("certify (images)", total=total)
-            self._progress.start()
-
-    def advance(self, k: int) -> None:
-        if self._progress is not None:
-            self._progress.advance(self._task, k)
-
-    def close(self) -> None:
-        if self._progress is not None:
-            self._progress.stop()

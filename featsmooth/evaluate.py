@@ -43,7 +43,10 @@ failure probabilities).
 
 Records (one per (image, setting, attack), plus one certification record per (image,
 smoothed setting)) are appended with :class:`featsmooth.records.RunWriter` when
-``run_dir`` is given; running again resumes and skips finished keys. The returned
+``run_dir`` is given; running again resumes and skips finished keys. Images are attacked in
+fixed blocks of ``batch_size`` (by image order) and every draw is seeded by image name
+(:mod:`featsmooth.seeds`), so a resumed run, which redoes the blocks with a missing record,
+writes the records of an uninterrupted one. The returned
 :class:`EvaluationResult` holds the records and the summary table.
 """
 
@@ -53,7 +56,6 @@ import math
 import re
 import time
 import warnings
-import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -68,6 +70,8 @@ from featsmooth.attacks import EoTObjective, FeatureCosine, ZeroShotCrossEntropy
 from featsmooth.attacks.budget import parse_eps, parse_norm
 from featsmooth.consistency import check_consistency
 from featsmooth.errors import InputError
+from featsmooth.seeds import SCHEME as SEED_SCHEME
+from featsmooth.seeds import noise_seed
 from featsmooth.smoothing import SmoothedEncoder
 
 SETTINGS = ("vanilla", "fs", "fs+plugin", "robust", "robust+fs")
@@ -343,21 +347,12 @@ def _nan(value: float) -> float | None:
     return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def _stable(text: str) -> int:
-    """A seed from a string, the same in every process (unlike ``hash``)."""
-    return zlib.crc32(text.encode("utf-8"))
-
-
-def _seed(*parts: Any) -> int:
-    return _stable("/".join(str(p) for p in parts))
-
-
-def _noisy(sm: SmoothedEncoder, x: torch.Tensor, k: int, seed: int) -> torch.Tensor:
-    """``(B, k, D)`` float64 unit noisy features with a seeded generator, no gradient."""
-    gen = torch.Generator(device=sm.device).manual_seed(seed)
+def _noisy(sm: SmoothedEncoder, x: torch.Tensor, k: int, seeds: Sequence[int]) -> torch.Tensor:
+    """``(B, k, D)`` float64 unit noisy features, image ``i`` drawn with ``seeds[i]``."""
     out = []
     with torch.no_grad():
         for i in range(x.shape[0]):
+            gen = torch.Generator(device=sm.device).manual_seed(int(seeds[i]))
             done, parts = 0, []
             while done < k:
                 m = min(k - done, sm.batch_size)
@@ -378,7 +373,11 @@ class _Output:
 
 
 def _outputs(
-    setting: _Setting, x: torch.Tensor, classes: torch.Tensor | None, draws: int, seed: int
+    setting: _Setting,
+    x: torch.Tensor,
+    classes: torch.Tensor | None,
+    draws: int,
+    seeds: Sequence[int],
 ) -> _Output:
     sm = setting.model
     if not setting.smoothed:
@@ -386,7 +385,7 @@ def _outputs(
             feats = sm.features(x).double()
         preds = None if classes is None else (feats @ classes.T).argmax(1).cpu().numpy()
         return _Output(feats, preds)
-    noisy = _noisy(sm, x, draws, seed)
+    noisy = _noisy(sm, x, draws, seeds)
     mean = noisy.mean(1)
     if classes is None:
         return _Output(mean, None, None, noisy)
@@ -643,7 +642,9 @@ def evaluate(
         cosine_threshold: feature-only tasks: an attack succeeds below this cosine.
         names: record names of the images (default ``img0``, ``img1``, ...).
         run_dir: run folder for resumable records (``None``: keep in memory only).
-        seed: seeds attacks, judging, certification and checks.
+        seed: run seed of attacks, judging, certification and checks; every draw is seeded
+            by image name and purpose (:mod:`featsmooth.seeds`), never by batch position,
+            so an image is certified with the noise ``featsmooth certify`` gives it.
         device: where models run (default: the encoder's device).
         batch_size: images per attack call.
         sample_batch_size: noisy images per forward pass when sampling.
@@ -719,10 +720,14 @@ def evaluate(
         else ("retrieval" if captions is not None else "features"),
         images=names,
         seed=seed,
+        seeds=SEED_SCHEME,
         plugin=getattr(plugin, "card", None) if plugin is not None else None,
         robust_encoder=str(getattr(robust_encoder, "name", "given")) if robust_encoder else None,
         device=str(dev),
         batch_size=batch_size,
+        # images are attacked in fixed blocks of batch_size: result-defining, unlike the
+        # volatile batch_size (kept for readers of older runs)
+        attack_batch_size=batch_size,
         **(extra_settings or {}),
     )
     writer = None
@@ -798,22 +803,32 @@ def _run_setting(
     def key(i: int, what: str) -> tuple[str, str, str]:
         return (names[i], setting.name, what)
 
+    # Images are attacked in fixed blocks of batch_size (by image order), and every draw is
+    # seeded by image name (featsmooth.seeds), so a resumed run redoes whole blocks and
+    # reproduces the records of an uninterrupted one; only missing records are written.
+    blocks = [list(range(s, min(s + batch_size, b))) for s in range(0, b, batch_size)]
     needed = [
         i
-        for i in range(b)
-        if any(key(i, s.attack_id) not in done for s in specs)
-        or (setting.smoothed and key(i, "certificate") not in done)
+        for block in blocks
+        if any(
+            any(key(i, s.attack_id) not in done for s in specs)
+            or (setting.smoothed and key(i, "certificate") not in done)
+            for i in block
+        )
+        for i in block
     ]
     if not needed:
         say(f"[{setting.name}] all records present, skipped")
         return
     x = x_all[needed]
+    pos = {i: j for j, i in enumerate(needed)}
     t0 = time.perf_counter()
     # clean outputs (fresh draws for smoothed settings; seeded per image)
-    clean = _outputs(setting, x, classes, judge_draws, _seed(seed, "clean", setting.name))
+    clean_seeds = [noise_seed(seed, (names[i], setting.name, "clean"), "judge") for i in needed]
+    clean = _outputs(setting, x, classes, judge_draws, clean_seeds)
     certs: list[Any] = [None] * len(needed)
     if setting.smoothed:
-        image_seeds = [_stable(f"{seed}/{names[i]}/certify") for i in needed]
+        image_seeds = [noise_seed(seed, names[i], "certify") for i in needed]
         if classes is not None:
             certs = sm.certify_prediction(
                 x, classes, n0=n0, n=n, alpha=alpha, method=method, seed=image_seeds
@@ -830,14 +845,18 @@ def _run_setting(
     if target_images is not None and any(s.matches_target_embeddings for s in specs):
         tgt = target_images.detach().to(x.device, torch.float32)
         tgt = tgt if tgt.ndim == 4 else tgt.unsqueeze(0)
-        target_feats = _outputs(setting, tgt, None, judge_draws, _seed(seed, "target")).features
+        tgt_seeds = [
+            noise_seed(seed, ("target", t, setting.name), "judge") for t in range(tgt.shape[0])
+        ]
+        target_feats = _outputs(setting, tgt, None, judge_draws, tgt_seeds).features
     for spec in specs:
-        todo = [j for j, i in enumerate(needed) if key(i, spec.attack_id) not in done]
-        for start in range(0, len(todo), batch_size):
-            rows = todo[start : start + batch_size]
+        for block in blocks:
+            if all(key(i, spec.attack_id) in done for i in block):
+                continue
+            rows = [pos[i] for i in block]
             t1 = time.perf_counter()
-            attack_seed = _stable(
-                f"{seed}/{setting.name}/{spec.attack_id}/{names[needed[rows[0]]]}"
+            attack_seed = noise_seed(
+                seed, (setting.name, spec.attack_id, *[names[i] for i in block]), "attack"
             )
             attack, make_targets = _make_attack(spec, setting, classes, eot_draws, attack_seed)
             xb = x[rows]
@@ -851,20 +870,22 @@ def _run_setting(
                 warnings.filterwarnings("ignore", message="Converting a tensor with requires_grad")
                 result = attack(xb, **make_targets(xb, info))
             adv = result.adv_images.detach()
-            adv_out = _outputs(setting, adv, classes, judge_draws,
-                               _seed(seed, "judge", setting.name, spec.attack_id))  # fmt: skip
+            judge_seeds = [noise_seed(seed, key(i, spec.attack_id), "judge") for i in block]
+            adv_out = _outputs(setting, adv, classes, judge_draws, judge_seeds)
             consistency = None
             if setting.smoothed:
                 consistency = check_consistency(
                     sm, xb, adv, [certs[j] for j in rows], n=consistency_draws,
                     alpha=consistency_alpha, method=method,
-                    seed=_stable(f"{seed}/{setting.name}/{spec.attack_id}/check"),
+                    seed=[noise_seed(seed, key(i, spec.attack_id), "check") for i in block],
                     run_dir=run_dir, keys=["/".join(key(needed[j], spec.attack_id)) for j in rows],
                     clean_smoothed=clean.features[rows],
                 )  # fmt: skip
             seconds = (time.perf_counter() - t1) / len(rows)
             for r, j in enumerate(rows):
                 i = needed[j]
+                if key(i, spec.attack_id) in done:  # written before an interruption
+                    continue
                 write(
                     _attack_record(
                         key(i, spec.attack_id), names[i], setting, spec, j, r, xb, adv, result,

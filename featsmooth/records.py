@@ -38,6 +38,8 @@ readers such as :mod:`featsmooth.report` must cope with that)::
 
     key                      str|int  unique id of the input in this run (resume unit)
     image                    str      image name or path as given by the user
+    sha256                   str      SHA-256 of the image file's bytes: a resumed run
+                                      refuses an image replaced under the same name
     model                    str      encoder name
     sigma                    float    noise level, pixel units of [0, 1] images
     n0                       int      samples used to choose the direction v
@@ -122,6 +124,7 @@ VOLATILE_KEYS: frozenset[str] = frozenset(
         "run_dir",
         "device",
         "batch_size",
+        "tune",
         "workers",
         "num_workers",
         "recomputed_from",
@@ -221,6 +224,36 @@ def _dumps(obj: Any) -> str:
     return json.dumps(to_jsonable(obj), allow_nan=False, ensure_ascii=False)
 
 
+def _json_bytes(obj: Any, indent: int | None = None) -> bytes:
+    """UTF-8 JSON of a JSON-safe ``obj``; a string that is not valid Unicode (a file name
+    that is not UTF-8, decoded with lone surrogates) is written ``\\uXXXX``-escaped, which
+    reads back as the same string."""
+    try:
+        text = json.dumps(obj, allow_nan=False, ensure_ascii=False, indent=indent)
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, allow_nan=False, ensure_ascii=True, indent=indent).encode("ascii")
+
+
+def write_error(folder: str | os.PathLike[str], exc: OSError) -> RecordError:
+    """A :class:`RecordError` (one line, with a hint) for a failed write in a run folder."""
+    import errno
+
+    reason = exc.strerror or str(exc)
+    error = RecordError(f"cannot write to the run folder {folder}: {reason}")
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        error.hint = (  # type: ignore[attr-defined]
+            "free some disk space and rerun the same command: the records written so far "
+            "are kept and the run resumes"
+        )
+    else:
+        error.hint = (  # type: ignore[attr-defined]
+            "make the folder writable or choose another --run-dir; the records written so "
+            "far are kept"
+        )
+    return error
+
+
 # --------------------------------------------------------------------------------------
 # Files
 
@@ -241,6 +274,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: readable like the records
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
@@ -255,8 +289,24 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON (via :func:`to_jsonable`) atomically."""
-    text = json.dumps(to_jsonable(obj), allow_nan=False, ensure_ascii=False, indent=2)
-    atomic_write_bytes(path, (text + "\n").encode("utf-8"))
+    atomic_write_bytes(path, _json_bytes(to_jsonable(obj), indent=2) + b"\n")
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """SHA-256 (hex) of a file's bytes: the ``sha256`` field of an image's record."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _records_path(run_dir: str | os.PathLike[str]) -> Path:
@@ -368,10 +418,25 @@ def settings_differences(
     skip = set(volatile)
     a = _flatten({k: v for k, v in to_jsonable(dict(saved)).items() if k not in skip})
     b = _flatten({k: v for k, v in to_jsonable(dict(current)).items() if k not in skip})
-    return sorted(k for k in a.keys() | b.keys() if a.get(k, _MISSING) != b.get(k, _MISSING))
+    return sorted(k for k in a.keys() | b.keys() if not _same_setting(k, a, b))
 
 
 _MISSING = object()
+
+#: Settings naming a file or folder: the same place written two ways (``dir``, ``dir/``,
+#: ``../x/dir``, a symlink to it) is the same setting. The images themselves are checked
+#: by content (``sha256`` in each record, :meth:`RunWriter.check_content`).
+PATH_KEYS = frozenset({"images", "plugin", "target_image", "val_images"})
+
+
+def _same_setting(key: str, a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    x, y = a.get(key, _MISSING), b.get(key, _MISSING)
+    if x == y:
+        return True
+    if key in PATH_KEYS and isinstance(x, str) and isinstance(y, str) and x and y:
+        with contextlib.suppress(OSError, ValueError):
+            return os.path.realpath(x) == os.path.realpath(y)
+    return False
 
 
 def _short(value: Any) -> str:
@@ -390,7 +455,7 @@ def sample_path(run_dir: str | os.PathLike[str], key: Any, name: str = DEFAULT_S
         raise InputError("a record key must not be empty")
     if not name.replace("_", "").replace("-", "").isalnum():
         raise InputError(f"sample name {name!r} must be letters, digits, '-' or '_'")
-    filename = urllib.parse.quote(text, safe="-_.") + ".npy"
+    filename = urllib.parse.quote(text, safe="-_.", errors="surrogateescape") + ".npy"
     if filename.startswith("."):  # never a hidden file or '..'
         filename = "%2E" + filename[1:]
     folder = Path(run_dir) / SAMPLES_DIR
@@ -522,10 +587,13 @@ class RunWriter:
             return self
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise RecordError(f"{self.run_dir} exists and is not a folder")
-        self.run_dir.mkdir(parents=True, exist_ok=True)
         records_path = self.run_dir / RECORDS_FILE
         settings_path = self.run_dir / SETTINGS_FILE
-        fh = open(records_path, "a+b")
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fh = open(records_path, "a+b", buffering=0)  # unbuffered: no half line later
+        except OSError as exc:
+            raise write_error(self.run_dir, exc) from None
         try:
             self._lock(fh)
             fh.seek(0)
@@ -567,18 +635,25 @@ class RunWriter:
             self._done = {self._key_of(r) for r in records if self.key_field in r}
             self.resumed = resuming
             self._write_settings(saved if resuming else None)
+        except OSError as exc:
+            fh.close()
+            raise write_error(self.run_dir, exc) from None
         except BaseException:
             fh.close()
             raise
         self._fh = fh
         return self
 
-    def close(self) -> None:
-        """Flush and close the records file (releases the lock)."""
+    def close(self, *, quiet: bool = False) -> None:
+        """Flush and close the records file (releases the lock); ``quiet`` ignores a failing
+        flush (an error is already on its way up)."""
         if self._fh is not None:
             try:
                 self._fh.flush()
                 os.fsync(self._fh.fileno())
+            except OSError as exc:
+                if not quiet:
+                    raise write_error(self.run_dir, exc) from None
             finally:
                 self._fh.close()
                 self._fh = None
@@ -586,8 +661,8 @@ class RunWriter:
     def __enter__(self) -> RunWriter:
         return self.open()
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(quiet=exc_type is not None)
 
     # -- API -------------------------------------------------------------------------
 
@@ -619,18 +694,61 @@ class RunWriter:
         key = self._key_of(stored)
         if key in self._done:
             raise InputError(f"record {key!r} was already written to {self.run_dir}")
-        line = json.dumps(stored, allow_nan=False, ensure_ascii=False) + "\n"
-        self._fh.write(line.encode("utf-8"))
-        self._fh.flush()
-        os.fsync(self._fh.fileno())
+        line = _json_bytes(stored) + b"\n"
+        start = self._fh.seek(0, os.SEEK_END)
+        try:
+            view = memoryview(line)
+            while view:
+                view = view[self._fh.write(view) :]
+            os.fsync(self._fh.fileno())
+        except OSError as exc:  # a full disk: take back the part written, keep the rest
+            with contextlib.suppress(OSError):
+                self._fh.truncate(start)
+                self._fh.seek(start)
+            raise write_error(self.run_dir, exc) from None
         self._done.add(key)
         self.records.append(stored)
         return stored
 
+    def check_content(self, fields: Mapping[Any, Mapping[str, Any]]) -> None:
+        """Refuse to resume records made from other inputs than those given now.
+
+        ``fields[key]`` holds the content fields of input ``key`` now (e.g. ``{"sha256":
+        ...}`` of an image file); a written record of that key with a different value of
+        one of them means the input was replaced under the same name, and its certificate
+        is not the new input's. Fields a record lacks (written before they existed) are not
+        checked.
+
+        Raises:
+            RecordError: naming the first changed input.
+        """
+        stored = {self._key_of(r): r for r in self.records if self.key_field in r}
+        changed = []
+        for key, now in fields.items():
+            record = stored.get(self._key_of({self.key_field: to_jsonable(key)}))
+            if record is None:
+                continue
+            if any(k in record and record[k] != v for k, v in now.items() if v is not None):
+                changed.append(key)
+        if changed:
+            more = f" (and {len(changed) - 1} more)" if len(changed) > 1 else ""
+            error = RecordError(
+                f"{_short(changed[0])}{more} changed since its record in {self.run_dir} was "
+                "written (different file content under the same name)"
+            )
+            error.hint = (  # type: ignore[attr-defined]
+                "certify the new images in a new --run-dir, or delete their lines from "
+                "records.jsonl to certify them again here"
+            )
+            raise error
+
     def write_samples(self, key: Any, values: Any, name: str = DEFAULT_SAMPLES) -> Path:
         """Store raw samples for ``key`` (see :func:`save_samples`); call before :meth:`write`
         so that a record never exists without its samples."""
-        return save_samples(self.run_dir, key, values, name)
+        try:
+            return save_samples(self.run_dir, key, values, name)
+        except OSError as exc:
+            raise write_error(self.run_dir, exc) from None
 
     # -- internals ---------------------------------------------------------------------
 
@@ -785,6 +903,10 @@ def recompute_certificates(
             new["fcsb_clean"] = np.asarray(bounds.fcsb(c_low, r, sigma)).tolist()
         new["recomputed"] = True
         out.append(to_jsonable(new))
+    if records and missing == len(records):
+        error = RecordError(f"{run_dir}: no record has stored samples, nothing to recompute")
+        error.hint = "certify with --keep-samples (keep_samples=True) to store them"  # type: ignore[attr-defined]
+        raise error
     if missing:
         warnings.warn(
             f"{run_dir}: {missing} of {len(records)} records have no stored samples "
@@ -834,6 +956,7 @@ __all__ = [
     "as_float",
     "atomic_write_bytes",
     "atomic_write_json",
+    "content_digest",
     "load_samples",
     "read_records",
     "read_settings",
@@ -842,4 +965,5 @@ __all__ = [
     "save_samples",
     "settings_differences",
     "to_jsonable",
+    "write_error",
 ]

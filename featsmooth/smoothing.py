@@ -32,6 +32,8 @@ from featsmooth import bounds
 from featsmooth.certificates import ABSTAIN, Certificate, PredictionCertificate
 from featsmooth.encoders.base import as_encoder
 from featsmooth.errors import FeatureError, InputError
+from featsmooth.progress import Bar
+from featsmooth.seeds import noise_seed
 
 # Inputs may exceed [0, 1] by rounding of upstream float conversions, not more.
 _RANGE_SLACK = 1e-4
@@ -40,9 +42,9 @@ _MIN_FEATURE_NORM = 1e-12
 
 
 def _seed_for(seed: int, index: int) -> int:
-    """Independent 63-bit seed of image ``index`` in a run seeded with ``seed``."""
-    state = np.random.SeedSequence(entropy=seed, spawn_key=(index,)).generate_state(2)
-    return int((int(state[0]) << 31 ^ int(state[1])) & ((1 << 63) - 1))
+    """The 63-bit seed of image ``index`` of a call seeded with ``seed`` (its index is its
+    key: :func:`featsmooth.seeds.noise_seed` with purpose ``certify``)."""
+    return noise_seed(seed, index, "certify")
 
 
 def _check_count(name: str, value: int, minimum: int = 1) -> int:
@@ -72,7 +74,8 @@ class SmoothedEncoder(nn.Module):
             normalisation; certificates are then about the centred features.
         batch_size: noisy images per forward pass (images and draws are packed together).
         plugin: optional plug-in with ``.wrap(encoder, sigma)`` (purifier -> encoder ->
-            mapper); the wrapped module becomes the base encoder ``f``.
+            mapper), a saved plug-in folder, or ``"default"`` (the plug-in that ships for
+            the offline default encoder); the wrapped module becomes the base encoder ``f``.
         compile: run the encoder through ``torch.compile`` (dynamic shapes). The first
             passes pay the compilation; worth it for long certification runs on GPU.
         forward_draws: noise draws averaged by :meth:`forward` (per call, fresh noise).
@@ -96,6 +99,10 @@ class SmoothedEncoder(nn.Module):
             raise InputError(f"sigma must be a positive number (pixel units), got {sigma!r}")
         self.sigma = float(sigma)
         base = as_encoder(encoder)
+        if isinstance(plugin, str):  # a saved plug-in folder or a packaged name ("default")
+            from featsmooth.plugin import load_plugin
+
+            plugin = load_plugin(plugin)
         if plugin is not None:
             base = plugin.wrap(base, self.sigma)
         self.encoder = base
@@ -322,8 +329,9 @@ class SmoothedEncoder(nn.Module):
             alpha: each returned lower bound fails with probability at most ``alpha``.
             method: ``betting`` (default), ``bernstein`` or ``hoeffding``.
             batch_size: noisy images per forward pass (default: the encoder's).
-            seed: run seed (image ``i`` gets an independent stream derived from it) or one
-                seed per image; ``None`` draws fresh entropy. Recorded in each result.
+            seed: run seed (image ``i`` of the call gets the stream of
+                ``featsmooth.seeds.noise_seed(seed, i, "certify")``) or one seed per image;
+                ``None`` draws fresh entropy. Recorded in each result.
             tolerance: sequential mode: stop an image once ``estimate - S_low <= tolerance``
                 (mean of the projections minus the bound).
             target: sequential mode: ``(cosine, radius)``; stop once the smoothed-reference
@@ -355,7 +363,7 @@ class SmoothedEncoder(nn.Module):
         batch_size = self._batch_size(batch_size)
         b = images.shape[0]
         gens, seeds = self._generators(b, seed)
-        bar = _progress(progress, total=b * (n0 + n), description="certify")
+        bar = Bar(progress, b * (n0 + n), "certify", unit="samples")
 
         with torch.inference_mode():
             clean = self._forward(images, torch.float64)  # (B, k)
@@ -397,9 +405,7 @@ class SmoothedEncoder(nn.Module):
                     proj, counts, active, alpha, n, tolerance, needed, stop_reason
                 )
             if (done & active).any():
-                bar.advance_total_skip(
-                    int(sum(n - counts[i] for i in np.flatnonzero(done & active)))
-                )
+                bar.shrink(int(sum(n - counts[i] for i in np.flatnonzero(done & active))))
             active &= ~done
         bar.close()
 
@@ -562,7 +568,7 @@ class SmoothedEncoder(nn.Module):
         emb = emb / emb_norms[:, None]
         b, num_classes = images.shape[0], emb.shape[0]
         gens, seeds = self._generators(b, seed)
-        bar = _progress(progress, total=b * (n0 + n), description="certify prediction")
+        bar = Bar(progress, b * (n0 + n), "certify prediction", unit="samples")
 
         with torch.inference_mode():
             clean = self._forward(images, torch.float64)
@@ -706,56 +712,3 @@ def _cone_cosine(direction: torch.Tensor, emb: torch.Tensor, a: int) -> float | 
         return None
     sines = torch.sqrt((1.0 - cos.clamp(max=1.0) ** 2).clamp_min(0.0))
     return float(sines.max())
-
-
-class _NullBar:
-    def advance(self, k: int) -> None:
-        pass
-
-    def advance_total_skip(self, k: int) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _RichBar(_NullBar):
-    def __init__(self, total: int, description: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
-
-        self._progress = Progress(
-            "[progress.description]{task.description}",
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[rate]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            transient=False,
-        )
-        self._task = self._progress.add_task(f"{description} (samples)", total=total, rate="")
-        self._progress.start()
-
-    def advance(self, k: int) -> None:
-        self._progress.advance(self._task, k)
-        speed = self._progress.tasks[0].speed
-        if speed:
-            self._progress.update(self._task, rate=f"{speed:,.0f} samples/s")
-
-    def advance_total_skip(self, k: int) -> None:
-        # samples that early stopping made unnecessary: shrink the total
-        task = self._progress.tasks[0]
-        self._progress.update(self._task, total=max(task.completed, (task.total or 0) - k))
-
-    def close(self) -> None:
-        self._progress.stop()
-
-
-def _progress(enabled: bool, total: int, description: str) -> _NullBar:
-    return _RichBar(total, description) if enabled else _NullBar()

@@ -52,7 +52,8 @@ class Tuning:
         images_per_second: measured speed of the choice (forward passes of noisy images).
         measured: ``"dtype/batch" -> images per second`` for every candidate tried.
         bf16_cosine: smallest cosine between bfloat16 and float32 features on the probe
-            images, or ``None`` where bfloat16 was not tried.
+            images, or ``None`` where bfloat16 was not tried or the encoder does not run in
+            it.
         device: the device measured on.
         key: cache key (encoder weights, device, threads, image shape, torch version).
         cached: whether this came from the cache instead of a fresh measurement.
@@ -210,14 +211,19 @@ def tune(
     if "float32" in dtypes:
         candidates["float32"] = encoder
     if "bfloat16" in dtypes:
-        bf16_cosine = bf16_agreement(encoder, noisy[: probe.shape[0]])
-        if bf16_cosine >= min_cosine:
+        try:
+            bf16_cosine = bf16_agreement(encoder, noisy[: probe.shape[0]])
+        except (RuntimeError, TypeError, NotImplementedError):
+            bf16_cosine = None  # the encoder does not run in bfloat16 at all
+        if bf16_cosine is not None and bf16_cosine >= min_cosine:
             candidates["bfloat16"] = copy.deepcopy(encoder).to(torch.bfloat16)
     if not candidates:
-        raise InputError(
-            f"bfloat16 features disagree with float32 ones (cosine {bf16_cosine:.4f} < "
-            f"{min_cosine}) and float32 was not offered"
+        why = (
+            "does not run in bfloat16"
+            if bf16_cosine is None
+            else f"disagrees in bfloat16 (cosine {bf16_cosine:.4f} < {min_cosine})"
         )
+        raise InputError(f"the encoder {why}, and float32 was not offered")
     measured: dict[str, float] = {}
     for _round in range(2):  # two interleaved rounds, best of each: robust to a busy machine
         for name, module in candidates.items():

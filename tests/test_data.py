@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 import types
+import warnings
 
 import numpy as np
 import pytest
@@ -370,3 +371,63 @@ def test_training_pool_is_offline_and_excludes_labelled_views():
         load_training_pool(["nope"])
     with pytest.raises(InputError, match="empty"):
         load_training_pool([], extras=[])
+
+
+# ---- image files: 16-bit, decompression bombs, linked folders ---------------------------
+
+
+def test_sixteen_bit_grey_png_is_scaled_not_saturated(tmp_path):
+    from featsmooth.data.loaders import open_image
+
+    values = np.tile(np.linspace(0, 65535, 32).astype(np.uint16), (32, 1))
+    Image.fromarray(values).save(tmp_path / "g.png")
+    assert Image.open(tmp_path / "g.png").mode == "I;16"
+    x = open_image(tmp_path / "g.png", None)
+    assert x.shape == (3, 32, 32)
+    # convert("RGB") clipped every value above 255 to white: 99% of the pixels were 1.0
+    assert float((x == 1.0).float().mean()) < 0.05
+    expected = torch.from_numpy(np.round(values / 65535 * 255) / 255).float()
+    assert torch.allclose(x[0], expected, atol=1e-6) and torch.equal(x[0], x[2])
+
+
+def test_sixteen_bit_tiff_grey_and_colour(tmp_path):
+    tifffile = pytest.importorskip("tifffile")
+    from featsmooth.data.loaders import open_image
+
+    grey = np.full((16, 16), 32768, np.uint16)
+    tifffile.imwrite(tmp_path / "g.tif", grey)
+    assert float(open_image(tmp_path / "g.tif", None).mean()) == pytest.approx(128 / 255, abs=1e-6)
+    colour = np.zeros((16, 16, 3), np.uint16)
+    colour[..., 0] = 65535
+    colour[..., 1] = 16384
+    tifffile.imwrite(tmp_path / "c.tif", colour, photometric="rgb")
+    x = open_image(tmp_path / "c.tif", None)
+    assert float(x[0].mean()) == pytest.approx(1.0) and float(x[1].mean()) == pytest.approx(
+        64 / 255, abs=1e-6
+    )
+
+
+def test_float_images_are_refused_and_bombs_are_one_error(tmp_path, monkeypatch):
+    from featsmooth.data.loaders import open_image
+
+    Image.fromarray(np.full((8, 8), 0.5, np.float32)).save(tmp_path / "f.tif")
+    with pytest.raises(InputError, match="pixel format 'F'"):
+        open_image(tmp_path / "f.tif", 8)
+    Image.new("L", (64, 64)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 4096 pixels: over twice the limit
+    with pytest.raises(InputError, match="too large to read safely"):
+        open_image(tmp_path / "big.png", 8)
+
+
+def test_linked_sub_folder_is_named_in_a_warning(tmp_path, make_pngs):
+    from featsmooth.data.loaders import list_image_files
+
+    make_pngs(tmp_path / "tree/a", 1, seed=0)
+    make_pngs(tmp_path / "elsewhere", 2, seed=1)
+    (tmp_path / "tree/link").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    with pytest.warns(UserWarning, match="linked folder .*link"):
+        files = list_image_files(tmp_path / "tree")
+    assert [f.relative_to(tmp_path / "tree").as_posix() for f in files] == ["a/img0.png"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert len(list_image_files(tmp_path / "elsewhere")) == 2

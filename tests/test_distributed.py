@@ -50,17 +50,20 @@ def test_local_matches_one_certify_call(images):
 
 
 def test_dataset_input_and_keys_give_the_same_records(images):
-    tensor_run = certify_dataset(MODEL, images, SIGMA, n0=16, n=100, seed=1, images_per_call=2)
-    dataset = [(img, 0) for img in images]  # (image, label) items, like a torch Dataset
     keys = [f"img{i}" for i in range(len(images))]
-    data_run = certify_dataset(
-        MODEL, dataset, SIGMA, n0=16, n=100, seed=1, images_per_call=2, keys=keys
-    )
+    opts = dict(n0=16, n=100, seed=1, images_per_call=2)
+    tensor_run = certify_dataset(MODEL, images, SIGMA, keys=keys, **opts)
+    dataset = [(img, 0) for img in images]  # (image, label) items, like a torch Dataset
+    data_run = certify_dataset(MODEL, dataset, SIGMA, keys=keys, **opts)
     assert [r["key"] for r in data_run] == keys
-    for a, b in zip(_strip(tensor_run), _strip(data_run)):
-        a = {k: v for k, v in a.items() if k not in ("key", "image")}
-        b = {k: v for k, v in b.items() if k not in ("key", "image")}
-        assert a == b
+    assert _strip(tensor_run) == _strip(data_run)
+    # an image's noise follows its key (featsmooth.seeds), not its position in the data
+    backwards = certify_dataset(MODEL, images.flip(0), SIGMA, keys=keys[::-1], **opts)
+    for a, b in zip(_strip(tensor_run), _strip(backwards)[::-1]):
+        assert {**a, "index": 0} == {**b, "index": 0}
+    by_index = certify_dataset(MODEL, images, SIGMA, **opts)  # keys 0, 1, ...: other draws
+    assert all(a["seed"] != b["seed"] for a, b in zip(by_index, tensor_run))
+    assert all(a["score_lower"] != b["score_lower"] for a, b in zip(by_index, tensor_run))
 
 
 def test_resume_recomputes_only_missing_keys(images, tmp_path):

@@ -323,3 +323,96 @@ def test_recompute_warns_on_stopped_samples_and_missing(tmp_path):
     assert "not valid after optional stopping" in messages
     assert "1 of 4 records have no stored samples" in messages
     assert len(out) == 3
+
+
+def test_recompute_without_any_stored_samples_is_an_error(tmp_path):
+    with RunWriter(tmp_path, SETTINGS, environment=False) as run:
+        run.write({"key": "a", "sigma": 0.25, "score_lower": 0.5})
+    with pytest.raises(RecordError, match="no record has stored samples") as info:
+        recompute_certificates(tmp_path, 0.001, "betting")
+    assert "--keep-samples" in info.value.hint
+
+
+# --------------------------------------------------------------------------------------
+# content checks, path spellings, failing disks, file modes, non-UTF-8 keys
+
+
+def test_check_content_refuses_a_replaced_input(tmp_path):
+    with RunWriter(tmp_path, SETTINGS, environment=False) as run:
+        run.write({"key": "a.png", "sha256": "aaa"})
+        run.write({"key": "old.png"})  # written before records had hashes: not checked
+        run.check_content({"a.png": {"sha256": "aaa"}, "old.png": {"sha256": "x"}})
+        run.check_content({"new.png": {"sha256": "nnn"}})  # not written yet
+        with pytest.raises(RecordError, match=r"a\.png.*changed since its record") as err:
+            run.check_content({"a.png": {"sha256": "bbb"}})
+    assert "records.jsonl" in err.value.hint
+
+
+def test_a_folder_written_two_ways_is_the_same_setting(tmp_path, monkeypatch):
+    (tmp_path / "x/dir").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "x")
+    saved = {**SETTINGS, "images": "dir"}
+    for same in ("dir/", "./dir", "../x/dir", str(tmp_path / "x/dir")):
+        assert settings_differences(saved, {**SETTINGS, "images": same}) == []
+    assert settings_differences(saved, {**SETTINGS, "images": "other"}) == ["images"]
+
+
+def test_a_full_disk_loses_nothing_already_written(tmp_path, monkeypatch):
+    import errno
+
+    with RunWriter(tmp_path, SETTINGS, environment=False) as run:
+        run.write({"key": "a", "v": 1})
+        real = os.fsync
+
+        def full(fd):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        monkeypatch.setattr(os, "fsync", full)
+        with pytest.raises(RecordError, match="No space left on device") as err:
+            run.write({"key": "b", "v": 2})
+        assert "free some disk space" in err.value.hint
+        monkeypatch.setattr(os, "fsync", real)
+    assert read_records(tmp_path) == [{"key": "a", "v": 1}]  # no half record either
+    with RunWriter(tmp_path, SETTINGS, environment=False) as run:
+        assert run.done_keys() == {"a"}
+        run.write({"key": "b", "v": 2})
+    assert [r["key"] for r in read_records(tmp_path)] == ["a", "b"]
+
+
+def test_an_unwritable_run_folder_is_a_record_error(tmp_path, monkeypatch):
+    import builtins
+    import errno
+
+    real_open = builtins.open
+
+    def read_only(file, mode="r", *args, **kwargs):
+        if str(file).endswith(RECORDS_FILE) and any(c in mode for c in "wax+"):
+            raise OSError(errno.EROFS, "Read-only file system", str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", read_only)
+    with pytest.raises(RecordError, match="Read-only file system"):
+        RunWriter(tmp_path / "run", SETTINGS, environment=False).open()
+
+
+def test_settings_file_is_as_readable_as_the_records(tmp_path):
+    with RunWriter(tmp_path, SETTINGS, environment=False) as run:
+        run.write({"key": "a"})
+    mask = os.umask(0o022)
+    os.umask(mask)
+    expected = 0o666 & ~mask
+    assert (tmp_path / SETTINGS_FILE).stat().st_mode & 0o777 == expected
+    assert (tmp_path / RECORDS_FILE).stat().st_mode & 0o777 == expected
+
+
+def test_non_utf8_keys_round_trip(tmp_path):
+    key = os.fsdecode(b"caf\xe9.png")  # a Latin-1 file name read on a UTF-8 system
+    with RunWriter(tmp_path, {**SETTINGS, "images": key}, environment=False) as run:
+        run.write_samples(key, np.ones(3))
+        run.write({"key": key, "image": key})
+    (record,) = read_records(tmp_path)
+    assert record["key"] == key
+    with RunWriter(tmp_path, {**SETTINGS, "images": key}, environment=False) as run:
+        assert key in run  # resumed: the key read back is the key given
+    assert load_samples(tmp_path, key).tolist() == [1.0, 1.0, 1.0]
+    assert sample_path(tmp_path, key).name == "caf%E9.png.npy"

@@ -59,7 +59,7 @@ def test_bfloat16_is_offered_only_where_features_agree(tmp_path):
     t = tune(enc, _images(), 0.25, batch_sizes=(2,), cache=False, seconds=0.01)
     assert t.dtype == "float32" and t.bf16_cosine < 0.999
     assert set(t.measured) == {"float32/2"}
-    with pytest.raises(InputError, match="bfloat16 features disagree"):
+    with pytest.raises(InputError, match="disagrees in bfloat16"):
         tune(enc, _images(), 0.25, batch_sizes=(2,), dtypes=("bfloat16",), cache=False)
     assert not (tmp_path / "tuning.json").exists()
 

@@ -12,10 +12,12 @@ Common behaviour of all attacks:
 - Batched: each image has its own objective value, step size and best iterate.
 - Restarts: ``restarts`` independent runs (random starts after the first), keeping per
   image the run with the highest objective value.
-- Deterministic given ``seed``: random starts and crops come from a CPU
-  ``torch.Generator`` seeded with ``seed``; the global torch RNG (used by randomized models,
-  e.g. a smoothed encoder's noise) is forked and seeded with ``seed`` for the duration of
-  the call and restored afterwards. ``seed=None`` draws fresh randomness.
+- Deterministic given ``seed`` (any integer, 64-bit and wider included): random starts and
+  crops come from a CPU ``torch.Generator``; the global torch RNG (used by randomized
+  models, e.g. a smoothed encoder's noise) is forked for the duration of the call and
+  restored afterwards. The two are seeded with independent streams derived from ``seed``
+  (:func:`featsmooth.seeds.noise_seed`, purpose ``attack``, keys ``"start"`` and
+  ``"model"``). ``seed=None`` draws fresh randomness.
 - Device- and dtype-agnostic: images and per-image targets are moved to ``device`` (default:
   the images' device); the model is fed its own floating dtype (e.g. bf16) and its outputs
   are cast to float32 before the objective, so losses and gradients are accumulated in fp32.
@@ -39,6 +41,7 @@ from torch import nn
 from featsmooth.attacks.budget import ThreatModel
 from featsmooth.attacks.objectives import Objective, Targets
 from featsmooth.errors import InputError
+from featsmooth.seeds import noise_seed
 
 ModelFn = Callable[[torch.Tensor], Any]
 
@@ -107,21 +110,23 @@ def _to_float32(out: Any) -> Any:
 
 @contextlib.contextmanager
 def seeded(seed: int | None, device: torch.device) -> Iterator[torch.Generator]:
-    """Yield a CPU generator seeded with ``seed`` while the global RNGs are forked and seeded.
+    """Yield a CPU generator seeded from ``seed`` while the global RNGs are forked and seeded.
 
-    With ``seed=None`` nothing is forked and the generator gets a fresh random seed.
+    The generator and the global RNGs get independent streams of ``seed``
+    (:func:`featsmooth.seeds.noise_seed` with keys ``"start"`` and ``"model"``, purpose
+    ``attack``). With ``seed=None`` nothing is forked and the generator gets a fresh seed.
     """
     gen = torch.Generator(device="cpu")
     if seed is None:
         gen.seed()
         yield gen
         return
-    gen.manual_seed(int(seed))
+    gen.manual_seed(noise_seed(int(seed), "start", "attack"))
     devices: list[int] = []
     if device.type == "cuda" and torch.cuda.is_available():
         devices = list(range(torch.cuda.device_count()))
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
+        torch.manual_seed(noise_seed(int(seed), "model", "attack"))
         yield gen
 
 

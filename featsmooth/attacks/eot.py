@@ -43,6 +43,7 @@ from torch import nn
 
 from featsmooth.attacks.objectives import Objective, Targets
 from featsmooth.errors import InputError
+from featsmooth.seeds import noise_seed
 
 
 class EoT(nn.Module):
@@ -146,8 +147,9 @@ def judge_randomized(
         num_draws: number of independent calls.
         success_fn: ``success_fn(outputs) -> (B,)`` bool (or 0/1) tensor, e.g.
             ``lambda f: zero_shot_argmax(f) == target``.
-        seed: seeds the global RNG for the duration of the call (restored afterwards), so
-            that the draws are reproducible; use a seed the attack never used. ``None``:
+        seed: seeds the global RNG for the duration of the call (restored afterwards) with
+            ``featsmooth.seeds.noise_seed(seed, "draws", "judge")``, so that the draws are
+            reproducible and independent of the attack's (purpose ``attack``). ``None``:
             the current RNG state is used (and advanced).
 
     Returns:
@@ -173,5 +175,5 @@ def judge_randomized(
         return run()
     devices = list(range(torch.cuda.device_count())) if adv.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
+        torch.manual_seed(noise_seed(int(seed), "draws", "judge"))
         return run()

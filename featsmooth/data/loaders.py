@@ -53,14 +53,106 @@ class CaptionData:
         return len(self.captions)
 
 
-def _read_image(path: Path, size: int | None) -> torch.Tensor:
+#: PIL modes that ``convert("RGB")`` maps without losing range (8 bits per channel)
+_EIGHT_BIT_MODES = frozenset(
+    {"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"}
+)
+
+
+def image_pixels(image: Image.Image) -> Image.Image | np.ndarray:
+    """An opened image in a form :func:`~featsmooth.data.photos.image_to_tensor` reads
+    with its full range.
+
+    8-bit modes are returned as they are. 16-bit grey images (PNG or TIFF, PIL modes
+    ``I;16``, ``I;16B``, ``I;16L`` and a 16-bit PNG read as ``I``) become floats in [0, 1]
+    (0..65535 scaled, not clipped at 255: ``convert("RGB")`` would turn almost every pixel
+    white). 16-bit colour images are already scaled to 8 bits by PIL. Floating-point and
+    32-bit integer images have no agreed range and are refused.
+
+    Raises:
+        InputError: a pixel format without a known range.
+    """
+    mode = image.mode
+    if mode in _EIGHT_BIT_MODES:
+        return image
+    if mode.startswith("I;16") or (mode == "I" and image.format == "PNG"):
+        return np.asarray(image, dtype=np.float64) / 65535.0
+    raise InputError(
+        f"image pixel format {mode!r} ({image.format or 'unknown'} file) has no known range; "
+        "save it as an 8- or 16-bit PNG"
+    )
+
+
+def open_image(path: str | os.PathLike[str], size: int | None) -> torch.Tensor:
+    """Read an image file as ``(3, size, size)`` float32 in [0, 1] (see :func:`image_pixels`).
+
+    Raises:
+        InputError: unreadable, not an image, an unknown pixel format, or more pixels than
+            PIL's decompression-bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, twice that
+            refused; between the two a warning).
+        FileNotFoundError: the file does not exist.
+    """
+    path = Path(path)
     try:
         with Image.open(path) as im:
-            return image_to_tensor(im, size)
+            return image_to_tensor(image_pixels(im), size)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"image file not found: {path}") from None
+    except Image.DecompressionBombError as exc:
+        reason = " ".join(str(exc).split()).rstrip(".")
+        raise InputError(f"{path} is too large to read safely ({reason}); downscale it") from None
+    except (OSError, ValueError, SyntaxError) as exc:  # PIL: not an image, truncated, ...
+        if isinstance(exc, InputError):
+            raise
+        raise InputError(f"cannot read image {path}: {exc}") from None
+
+
+def list_image_files(
+    path: str | os.PathLike[str], extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> list[Path]:
+    """``path`` itself if it is a file, else the image files under it (recursively, sorted).
+
+    Symbolic links to folders are not followed (a link may lead back into the tree); each
+    one found prints a warning naming it.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        InputError: a folder without image files.
+    """
+    import warnings
+
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise FileNotFoundError(f"image folder or file not found: {path}")
+    exts = tuple(e.lower() for e in extensions)
+    files: list[Path] = []
+    for folder, dirs, names in os.walk(path):
+        for d in sorted(dirs):
+            if os.path.islink(os.path.join(folder, d)):
+                link = Path(folder, d)
+                warnings.warn(
+                    f"skipped the linked folder {link} (links to folders are not followed); "
+                    f"pass it as its own --images {link} to certify its images",
+                    UserWarning,
+                    stacklevel=2,
+                )
+        for name in names:
+            f = Path(folder, name)
+            if f.suffix.lower() in exts and f.is_file():
+                files.append(f)
+    files.sort()
+    if not files:
+        raise InputError(f"no image files in {path} (looked for {', '.join(exts)})")
+    return files
+
+
+def _read_image(path: Path, size: int | None) -> torch.Tensor:
+    try:
+        return open_image(path, size)
     except FileNotFoundError as exc:
         raise InputError(f"image file not found: {path}") from exc
-    except OSError as exc:
-        raise InputError(f"cannot read image {path}: {exc}") from exc
 
 
 def _batched(n: int, batch_size: int) -> Iterator[range]:

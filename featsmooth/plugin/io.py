@@ -8,7 +8,6 @@ rebuilds the architecture from the card and requires the tensors to match it exa
 from __future__ import annotations
 
 import json
-import os
 import platform
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from featsmooth.errors import InputError
 from featsmooth.plugin.mapper import MapperConfig, SmoothnessMapper
 from featsmooth.plugin.plugged import PARTS, Plugin
 from featsmooth.plugin.purifier import Purifier, PurifierConfig
+from featsmooth.records import atomic_write_bytes
 
 WEIGHTS_FILE = "plugin.safetensors"
 CARD_FILE = "plugin.json"
@@ -38,12 +38,6 @@ def _versions() -> dict[str, str]:
         except Exception:  # pragma: no cover - version is informational only
             out[mod] = "unknown"
     return out
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def save_plugin(plugin: Plugin, folder: str | Path) -> Path:
@@ -77,33 +71,135 @@ def save_plugin(plugin: Plugin, folder: str | Path) -> Path:
         "saved_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     card.update({k: v for k, v in plugin.card.items() if k not in card})
-    _atomic_write(
+    atomic_write_bytes(
         folder / WEIGHTS_FILE,
         save(tensors, metadata={"format": FORMAT, "parts": ",".join(plugin.parts)}),
     )
-    _atomic_write(folder / CARD_FILE, json.dumps(card, indent=2, default=str).encode())
+    atomic_write_bytes(folder / CARD_FILE, json.dumps(card, indent=2, default=str).encode())
     return folder
+
+
+#: largest card read (a card is a few kilobytes)
+MAX_CARD_BYTES = 1 << 20
+
+
+#: plug-ins that ship inside the package, by name: ``load_plugin("default")``. A local folder
+#: with one of these names is read with an explicit path (``"./default"``).
+PACKAGED_PLUGINS = {"default": "weights/default"}
+
+
+def plugin_folder(name_or_folder: str | Path) -> Path:
+    """The folder of a packaged plug-in name (:data:`PACKAGED_PLUGINS`), else the path."""
+    if isinstance(name_or_folder, str) and name_or_folder in PACKAGED_PLUGINS:
+        return Path(__file__).resolve().parent / PACKAGED_PLUGINS[name_or_folder]
+    return Path(name_or_folder)
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:
     """The JSON card of a saved plug-in (InputError if missing or not a plug-in card)."""
-    path = Path(folder) / CARD_FILE
+    folder = plugin_folder(folder)
+    path = folder / CARD_FILE
     if not path.is_file():
         raise InputError(f"no {CARD_FILE} in {Path(folder).name}: not a saved plug-in folder")
     try:
-        card = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise InputError(f"{CARD_FILE} is not valid JSON ({err})") from err
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise InputError(f"{CARD_FILE} is over {MAX_CARD_BYTES} bytes: not a plug-in card")
+        card = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(
+            f"{CARD_FILE} is not UTF-8 text ({err.reason} at byte {err.start})"
+        ) from None
+    except (json.JSONDecodeError, RecursionError) as err:
+        raise InputError(f"{CARD_FILE} is not valid JSON ({_short(err)})") from None
+    except OSError as err:
+        raise InputError(f"cannot read {CARD_FILE}: {err.strerror or err}") from None
+    if not isinstance(card, dict):
+        raise InputError(f"{CARD_FILE} must hold a JSON object, not a {type(card).__name__}")
     if card.get("format") != FORMAT:
-        raise InputError(f"{CARD_FILE} has format {card.get('format')!r}, expected {FORMAT!r}")
+        raise InputError(
+            f"{CARD_FILE} has format {_short(card.get('format'))}, expected {FORMAT!r}"
+        )
+    if not isinstance(card.get("architecture", {}), dict):
+        raise InputError(f"{CARD_FILE}: 'architecture' must be an object of parts")
+    parts = card.get("parts", [])
+    if not isinstance(parts, list) or not all(isinstance(p, str) for p in parts):
+        raise InputError(f"{CARD_FILE}: 'parts' must be a list of part names")
     return card
 
 
+def _short(value: Any, limit: int = 80) -> str:
+    text = str(value) if isinstance(value, Exception) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+#: architecture fields that are counts, with their smallest allowed value
+_COUNTS = {
+    "in_channels": 1, "base_channels": 1, "patch": 1, "emb_dim": 2, "dim": 1, "hidden": 1,
+    "heads": 0, "kernel": 1,
+}  # fmt: skip
+#: largest count accepted (a width of 2**16 already means gigabytes of weights)
+_MAX_COUNT = 1 << 16
+
+
+def _check_spec(part: str, spec: dict[str, Any]) -> None:
+    """The card's architecture values are plain counts in range (before anything is built)."""
+    where = f"the card's {part} architecture"
+    for name, value in spec.items():
+        if name in _COUNTS:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise InputError(f"{where}: {name} must be an integer, got {_short(value)}")
+            if not _COUNTS[name] <= value <= _MAX_COUNT:
+                raise InputError(
+                    f"{where}: {name} = {value} is out of range ({_COUNTS[name]}..{_MAX_COUNT})"
+                )
+        elif name == "channel_mults":
+            if (
+                not isinstance(value, list)
+                or not 1 <= len(value) <= 8
+                or not all(type(v) is int and 1 <= v <= 64 for v in value)
+            ):
+                raise InputError(
+                    f"{where}: channel_mults must be 1 to 8 integers in 1..64, got {_short(value)}"
+                )
+        elif name == "sigma_data":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise InputError(f"{where}: sigma_data must be a positive number")
+        elif name == "tokens":
+            if not isinstance(value, bool):
+                raise InputError(f"{where}: tokens must be true or false")
+    if spec.get("emb_dim", 2) % 2:
+        raise InputError(f"{where}: emb_dim must be even, got {spec['emb_dim']}")
+    if spec.get("kernel", 1) % 2 == 0:
+        raise InputError(f"{where}: kernel must be odd, got {spec['kernel']}")
+
+
+def _build(part: str, spec: dict[str, Any], device: str | None = None) -> torch.nn.Module:
+    cls, cfg_cls = _BUILDERS[part]
+    try:
+        if device is None:
+            return cls(cfg_cls(**spec))
+        with torch.device(device):
+            return cls(cfg_cls(**spec))
+    except InputError:
+        raise
+    except TypeError as err:
+        raise InputError(
+            f"the card's {part} architecture has unknown fields ({_short(err)})"
+        ) from None
+    except (ValueError, RuntimeError, ZeroDivisionError) as err:
+        raise InputError(f"the card's {part} architecture is invalid ({_short(err)})") from None
+
+
 def load_plugin(folder: str | Path, *, device: torch.device | str | None = None) -> Plugin:
-    """Rebuild a :class:`Plugin` saved by :func:`save_plugin` (safetensors only, no pickle)."""
+    """Rebuild a :class:`Plugin` saved by :func:`save_plugin` (safetensors only, no pickle).
+
+    ``folder`` is a saved plug-in folder or the name of one that ships with the package
+    (``"default"``: the plug-in of the offline default encoder, see :data:`PACKAGED_PLUGINS`).
+    """
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    folder = plugin_folder(folder)
     card = read_card(folder)
     wpath = folder / WEIGHTS_FILE
     if not wpath.is_file():
@@ -117,21 +213,22 @@ def load_plugin(folder: str | Path, *, device: torch.device | str | None = None)
     for part in card.get("parts", []):
         if part not in PARTS or part not in arch:
             raise InputError(f"the card lists an unknown or undescribed part {part!r}")
-        cls, cfg_cls = _BUILDERS[part]
+        cls, _ = _BUILDERS[part]
+        if not isinstance(arch[part], dict):
+            raise InputError(f"the card's {part} architecture must be an object")
         spec = dict(arch[part])
         kind = spec.pop("kind", None)
         if kind != cls.kind:
             raise InputError(
-                f"the card's {part} architecture {kind!r} is not supported here (expected "
-                f"{cls.kind!r}); upgrade featsmooth"
+                f"the card's {part} architecture {_short(kind)} is not supported here "
+                f"(expected {cls.kind!r}); upgrade featsmooth"
             )
-        try:
-            module = cls(cfg_cls(**spec))
-        except TypeError as err:
-            raise InputError(f"the card's {part} architecture has unknown fields ({err})") from err
+        _check_spec(part, spec)
+        # the shapes the card implies, from a model without storage ("meta"): the weights
+        # are checked against them before anything the card claims is allocated
+        expected = _build(part, spec, "meta").state_dict()
         prefix = f"{part}."
         sd = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
-        expected = module.state_dict()
         missing = sorted(set(expected) - set(sd))
         unexpected = sorted(set(sd) - set(expected))
         bad = sorted(k for k in set(sd) & set(expected) if sd[k].shape != expected[k].shape)
@@ -140,6 +237,7 @@ def load_plugin(folder: str | Path, *, device: torch.device | str | None = None)
                 f"{WEIGHTS_FILE} does not match the card's {part} architecture "
                 f"(missing {missing[:3]}, unexpected {unexpected[:3]}, wrong shape {bad[:3]})"
             )
+        module = _build(part, spec)
         module.load_state_dict(sd)
         modules[part] = module.eval().requires_grad_(False)
     stray = sorted(k for k in tensors if k.split(".", 1)[0] not in modules)

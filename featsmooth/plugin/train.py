@@ -12,10 +12,11 @@ Guarantees:
   its tensors is compared bit for bit at the end (FeatureError if it changed, e.g. an
   encoder that updates batch-norm statistics in eval mode);
 - training is resumable and deterministic for tensor data: step ``t`` uses its own random
-  generator seeded from ``(seed, t)``, and checkpoints (one safetensors file holding the
-  modules, the AdamW state and a JSON state in its metadata, written to a temporary file and
-  moved in place with ``os.replace``) restore everything; an interrupted run resumed from
-  its checkpoint ends with the same weights as an uninterrupted one. No pickle anywhere.
+  generator seeded from ``(seed, t)`` (:func:`featsmooth.seeds.noise_seed`), and
+  checkpoints (one safetensors file holding the modules, the AdamW state and a JSON state
+  in its metadata, written to a temporary file and moved in place with ``os.replace``)
+  restore everything; an interrupted run resumed from its checkpoint ends with the same
+  weights as an uninterrupted one. No pickle anywhere.
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import copy
 import hashlib
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -33,6 +33,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from featsmooth import seeds
 from featsmooth.errors import FeatureError, InputError
 from featsmooth.plugin import losses as L
 from featsmooth.plugin.mapper import MapperConfig, SmoothnessMapper
@@ -43,6 +44,8 @@ from featsmooth.plugin.plugged import (
     encoder_name,
 )
 from featsmooth.plugin.purifier import Purifier, PurifierConfig
+from featsmooth.progress import Bar
+from featsmooth.records import atomic_write_bytes
 
 CHECKPOINT_FILE = "checkpoint.safetensors"
 _STATE_KEY = "featsmooth_plugin_checkpoint"
@@ -118,7 +121,9 @@ class _Batches:
             n = self.data.shape[0]
             per = self.steps_per_epoch or 1
             epoch, i = divmod(step, per)
-            perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + epoch))
+            perm = torch.randperm(
+                n, generator=seeds.generator(self.seed, ("epoch", epoch), "train")
+            )
             return self.data[perm[i * self.batch_size : (i + 1) * self.batch_size]]
         for _ in range(2):
             if self._it is None:
@@ -134,7 +139,7 @@ class _Batches:
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + step) % (2**63))
+    return seeds.generator(seed, ("step", step), "train")
 
 
 def _encoder_dtype(encoder: nn.Module) -> torch.dtype:
@@ -177,7 +182,7 @@ def evaluate_plugin(
             if plugin is not None
             else encoder
         )
-        gen = torch.Generator().manual_seed(seed)
+        gen = seeds.generator(seed, ("score",), "train")
         scores, clean_scores, clean_cos = [], [], []
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size]
@@ -222,15 +227,6 @@ def weights_digest(module: nn.Module) -> str:
 
 
 # ------------------------------------------------------------------------ checkpoints
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -284,9 +280,9 @@ def save_checkpoint(
     full_state = {**state, "optimizer": opt_meta}
     blob = save(tensors, metadata={_STATE_KEY: json.dumps(full_state)})
     path = folder / CHECKPOINT_FILE
-    _atomic_write_bytes(path, blob)
+    atomic_write_bytes(path, blob)
     readable = {k: v for k, v in full_state.items() if k != "optimizer"}
-    _atomic_write_bytes(folder / "checkpoint.json", json.dumps(readable, indent=2).encode())
+    atomic_write_bytes(folder / "checkpoint.json", json.dumps(readable, indent=2).encode())
     return path
 
 
@@ -457,7 +453,7 @@ def train_plugin(
 
         # ---- modules
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(seeds.noise_seed(seed, ("init",), "train"))
             # copies: training never modifies the modules of the plug-in passed as init
             purifier = copy.deepcopy(init.purifier) if init is not None else None
             mapper = copy.deepcopy(init.mapper) if init is not None else None
@@ -578,8 +574,7 @@ def train_plugin(
                 )
 
         step_times: list[float] = []
-        bar = _ProgressBar(progress, steps, start_step)
-        with bar:
+        with Bar(progress, steps, "plug-in", unit="steps", completed=start_step) as bar:
             for step in range(start_step, steps):
                 t0 = time.perf_counter()
                 metrics = _train_step(
@@ -603,7 +598,7 @@ def train_plugin(
                     validations.append(validate(done))
                 if checkpoint_every and done % checkpoint_every == 0 and done < steps:
                     checkpoint(done)
-                bar.update(done, metrics, validations[-1] if validations else None)
+                bar.update(done, _progress_info(metrics, validations[-1] if validations else None))
                 if callback is not None:
                     callback(done, metrics)
             if val_images is not None and (not validations or validations[-1]["step"] != steps):
@@ -789,49 +784,12 @@ def _train_step(
     return {**out, **{k_: float(v.detach()) for k_, v in terms.items()}}
 
 
-class _ProgressBar:
-    """A rich progress bar (or nothing when disabled)."""
-
-    def __init__(self, enabled: bool, total: int, start: int) -> None:
-        self.enabled, self.total, self.start = enabled, total, start
-        self._progress = None
-
-    def __enter__(self) -> _ProgressBar:
-        if self.enabled:
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]plug-in"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[info]}"),
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(
-                "train", total=self.total, completed=self.start, info=""
-            )
-        return self
-
-    def update(self, done: int, metrics: dict[str, float], val: dict | None) -> None:
-        if self._progress is None:
-            return
-        info = f"loss {metrics['loss']:.4f}"
-        if "train_score" in metrics:
-            info += f"  S_train {metrics['train_score']:.4f}"
-        if val is not None:
-            s = " ".join(f"{k}:{v['score']:.3f}" for k, v in val["metrics"].items())
-            info += f"  S_val[{s}]@{val['step']}"
-        self._progress.update(self._task, completed=done, info=info)
-
-    def __exit__(self, *exc) -> None:
-        if self._progress is not None:
-            self._progress.__exit__(*exc)
+def _progress_info(metrics: dict[str, float], val: dict | None) -> str:
+    """The trailing text of the training bar: loss, train score, last validation scores."""
+    info = f"loss {metrics['loss']:.4f}"
+    if "train_score" in metrics:
+        info += f"  S_train {metrics['train_score']:.4f}"
+    if val is not None:
+        s = " ".join(f"{k}:{v['score']:.3f}" for k, v in val["metrics"].items())
+        info += f"  S_val[{s}]@{val['step']}"
+    return info

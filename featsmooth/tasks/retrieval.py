@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from featsmooth.errors import InputError
+from featsmooth.seeds import noise_seed
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -123,7 +124,12 @@ def image_embeddings(
     for start in range(0, images.shape[0], batch_size):
         x = images[start : start + batch_size]
         if smoothed:
-            s = None if seed is None else seed + start
+            # image i: the seed one call on all images gives it (featsmooth.seeds, key i)
+            s = (
+                None
+                if seed is None
+                else [noise_seed(seed, start + j, "certify") for j in range(len(x))]
+            )
             f = encoder.predict_feature(x, n=n, seed=s)
         elif is_sm:
             f = encoder.features(x)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from featsmooth.errors import InputError
+from featsmooth.seeds import noise_seed
 
 METHODS = ("margin", "fcsb", "cohen")
 
@@ -252,8 +253,9 @@ def zero_shot_certify(
     class_emb = _check_classes(class_emb)
     clean = zero_shot_predict(smoothed, images, class_emb)
     step = b if batch_size is None else max(1, int(batch_size))
-    # one independent noise seed per image, so results do not depend on batch_size
-    seeds = [int(s) for s in np.random.SeedSequence(seed).generate_state(b, dtype=np.uint64) >> 1]
+    # image i gets the seed one certify_prediction(images, seed=seed) call gives it
+    # (featsmooth.seeds, key i), so results do not depend on batch_size
+    seeds = [noise_seed(seed, i, "certify") for i in range(b)]
     certs = []
     for start in range(0, b, step):
         certs.extend(
