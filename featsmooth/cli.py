@@ -80,22 +80,16 @@ ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="YAML or TOML settings file; flags given here win over it."),
 ]
-SigmaOpt = Annotated[
-    float | None, typer.Option(help="Noise level in pixel units of [0,1] images. [default: 0.25]")
-]
+SigmaOpt = Annotated[float | None, typer.Option(help="Noise level in pixel units of [0,1] images.")]
 N0Opt = Annotated[int | None, typer.Option("--n0", help="Samples that choose the direction v.")]
-AlphaOpt = Annotated[
-    float | None, typer.Option(help="Failure probability of each certificate. [default: 0.001]")
-]
+AlphaOpt = Annotated[float | None, typer.Option(help="Failure probability of each certificate.")]
 MethodOpt = Annotated[
     str | None,
-    typer.Option(help="Confidence bound: betting | bernstein | hoeffding. [default: betting]"),
+    typer.Option(help="Confidence bound: betting | bernstein | hoeffding."),
 ]
 RadiiOpt = Annotated[
     str | None,
-    typer.Option(
-        help="l2 radii (pixel units) to certify, comma-separated. [default: 0.1,0.25,0.5]"
-    ),
+    typer.Option(help="l2 radii (pixel units) to certify, comma-separated."),
 ]
 BatchOpt = Annotated[int | None, typer.Option(help="Noisy images per forward pass.")]
 SeedOpt = Annotated[int | None, typer.Option(help="Run seed (each image gets its own stream).")]
@@ -346,10 +340,8 @@ def demo(
         bool, typer.Option("--fast", help="2 photos and few samples (loose bounds; a smoke test).")
     ] = False,
     sigma: SigmaOpt = None,
-    n0: Annotated[int | None, typer.Option("--n0", help="Direction samples. [default: 32]")] = None,
-    n: Annotated[
-        int | None, typer.Option("--n", help="Certification samples. [default: 500]")
-    ] = None,
+    n0: Annotated[int | None, typer.Option("--n0", help="Direction samples.")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Certification samples.")] = None,
     alpha: AlphaOpt = None,
     method: MethodOpt = None,
     batch_size: BatchOpt = None,
@@ -364,7 +356,7 @@ def demo(
         bool | None,
         typer.Option(
             "--tune/--no-tune",
-            help="Measure the fastest batch size and dtype first (cached). [default: tune]",
+            help="Measure the fastest batch size and dtype first (cached).",
         ),
     ] = None,
 ) -> None:
@@ -419,10 +411,8 @@ def certify(
         bool | None, typer.Option("--photos", help="Use the photos shipped with the packages.")
     ] = None,
     sigma: SigmaOpt = None,
-    n0: Annotated[int | None, typer.Option("--n0", help="Direction samples. [default: 64]")] = None,
-    n: Annotated[
-        int | None, typer.Option("--n", help="Certification samples (maximum). [default: 10000]")
-    ] = None,
+    n0: Annotated[int | None, typer.Option("--n0", help="Direction samples.")] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Certification samples (maximum).")] = None,
     alpha: AlphaOpt = None,
     method: MethodOpt = None,
     radii: RadiiOpt = None,
@@ -463,11 +453,7 @@ def certify(
     ] = None,
     classes: ClassesOpt = None,
     plugin: Annotated[
-        str | None,
-        typer.Option(
-            help="Folder of a trained plug-in (purifier + mapper), or 'default': the "
-            "plug-in that ships for the offline default model."
-        ),
+        str | None, typer.Option(help="Folder of a trained plug-in (purifier + mapper).")
     ] = None,
     run_dir: RunDirOpt = None,
     config: ConfigOpt = None,
@@ -529,12 +515,8 @@ def predict(
         bool | None, typer.Option("--photos", help="Use the shipped photos instead.")
     ] = None,
     sigma: SigmaOpt = None,
-    n: Annotated[
-        int | None, typer.Option("--n", help="Noise draws per image. [default: 256]")
-    ] = None,
-    top_k: Annotated[
-        int | None, typer.Option("--top-k", help="Classes to show. [default: 3]")
-    ] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Noise draws per image.")] = None,
+    top_k: Annotated[int | None, typer.Option("--top-k", help="Classes to show.")] = None,
     classes: ClassesOpt = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
@@ -706,31 +688,27 @@ def attack(
     attack_name: Annotated[
         str | None, typer.Option("--attack", help="pgd | apgd. [default: pgd]")
     ] = None,
-    norm: Annotated[str | None, typer.Option(help="l2 | linf. [default: l2]")] = None,
+    norm: Annotated[str | None, typer.Option(help="l2 | linf.")] = None,
     eps: Annotated[
         str | None,
-        typer.Option(
-            help="Budgets in pixel units, comma-separated; linf also k/255. [default: 0.5]"
-        ),
+        typer.Option(help="Budgets in pixel units, comma-separated; linf also k/255."),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Attack steps. [default: 20]")] = None,
+    steps: Annotated[int | None, typer.Option(help="Attack steps.")] = None,
     step_size: Annotated[float | None, typer.Option(help="Step size (pixel units).")] = None,
-    restarts: Annotated[int | None, typer.Option(help="Random restarts. [default: 1]")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts.")] = None,
     settings: Annotated[
         str | None,
-        typer.Option(help="vanilla, fs, fs+plugin (comma-separated). [default: vanilla,fs]"),
+        typer.Option(help="vanilla, fs, fs+plugin (comma-separated)."),
     ] = None,
     sigma: SigmaOpt = None,
-    eot: Annotated[
-        int | None, typer.Option(help="Noise draws per attack step (EoT). [default: 8]")
-    ] = None,
+    eot: Annotated[int | None, typer.Option(help="Noise draws per attack step (EoT).")] = None,
     judge_draws: Annotated[
         int | None,
-        typer.Option(help="Fresh noise draws judging each smoothed result. [default: 32]"),
+        typer.Option(help="Fresh noise draws judging each smoothed result."),
     ] = None,
     success_cosine: Annotated[
         float | None,
-        typer.Option(help="An attack succeeds when the cosine drops below this. [default: 0.5]"),
+        typer.Option(help="An attack succeeds when the cosine drops below this."),
     ] = None,
     plugin: Annotated[str | None, typer.Option(help="Plug-in folder (for fs+plugin).")] = None,
     batch_size: BatchOpt = None,
@@ -806,17 +784,16 @@ def evaluate(
     attack_name: Annotated[
         str | None, typer.Option("--attack", help="pgd | apgd. [default: pgd]")
     ] = None,
-    norm: Annotated[str | None, typer.Option(help="l2 | linf. [default: l2]")] = None,
+    norm: Annotated[str | None, typer.Option(help="l2 | linf.")] = None,
     eps: Annotated[
         str | None,
         typer.Option(
-            help="Budgets (pixel units), comma-separated; linf also k/255. One attack each. "
-            "[default: 0.25,0.5]"
+            help="Budgets (pixel units), comma-separated; linf also k/255. One attack each."
         ),
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Attack steps. [default: 20]")] = None,
+    steps: Annotated[int | None, typer.Option(help="Attack steps.")] = None,
     step_size: Annotated[float | None, typer.Option(help="Step size (pixel units).")] = None,
-    restarts: Annotated[int | None, typer.Option(help="Random restarts. [default: 1]")] = None,
+    restarts: Annotated[int | None, typer.Option(help="Random restarts.")] = None,
     attacks: Annotated[
         str | None,
         typer.Option(
@@ -833,31 +810,23 @@ def evaluate(
         str | None, typer.Option(help="Plug-in folder: adds the setting fs+plugin.")
     ] = None,
     sigma: SigmaOpt = None,
-    eot: Annotated[
-        int | None, typer.Option(help="Noise draws per attack step (EoT). [default: 8]")
-    ] = None,
+    eot: Annotated[int | None, typer.Option(help="Noise draws per attack step (EoT).")] = None,
     judge_draws: Annotated[
-        int | None, typer.Option(help="Fresh draws judging each smoothed result. [default: 32]")
+        int | None, typer.Option(help="Fresh draws judging each smoothed result.")
     ] = None,
     n0: N0Opt = None,
-    n: Annotated[
-        int | None, typer.Option("--n", help="Certification samples. [default: 1000]")
-    ] = None,
+    n: Annotated[int | None, typer.Option("--n", help="Certification samples.")] = None,
     alpha: AlphaOpt = None,
     method: MethodOpt = None,
     radii: Annotated[
         str | None,
-        typer.Option(
-            help="Radii of the certified table, comma-separated. [default: 0,0.1,0.25,0.5]"
-        ),
+        typer.Option(help="Radii of the certified table, comma-separated."),
     ] = None,
     check_draws: Annotated[
-        int | None, typer.Option(help="Fresh draws of the consistency check. [default: 256]")
+        int | None, typer.Option(help="Fresh draws of the consistency check.")
     ] = None,
     classes: ClassesOpt = None,
-    task: Annotated[
-        str | None, typer.Option(help="auto | features | zero-shot. [default: auto]")
-    ] = None,
+    task: Annotated[str | None, typer.Option(help="auto | features | zero-shot.")] = None,
     batch_size: BatchOpt = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
@@ -963,16 +932,14 @@ def train_plugin(
         bool | None, typer.Option("--photos", help="Train on the shipped photos (a demo).")
     ] = None,
     sigmas: Annotated[
-        str | None, typer.Option(help="Training noise levels, comma-separated. [default: 0.25]")
+        str | None, typer.Option(help="Training noise levels, comma-separated.")
     ] = None,
-    parts: Annotated[
-        str | None, typer.Option(help="purifier, mapper or both. [default: purifier,mapper]")
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps. [default: 200]")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step. [default: 8]")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate. [default: 2e-4]")] = None,
+    parts: Annotated[str | None, typer.Option(help="purifier, mapper or both.")] = None,
+    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
     draws_per_image: Annotated[
-        int | None, typer.Option(help="Noise draws per image and step. [default: 2]")
+        int | None, typer.Option(help="Noise draws per image and step.")
     ] = None,
     sigma_sampling: Annotated[
         str | None,
@@ -996,9 +963,7 @@ def train_plugin(
     val_images: Annotated[
         str | None, typer.Option(help="Held-out images: S and clean agreement while training.")
     ] = None,
-    val_every: Annotated[
-        int | None, typer.Option(help="Validate every this many steps. [default: 50]")
-    ] = None,
+    val_every: Annotated[int | None, typer.Option(help="Validate every this many steps.")] = None,
     seed: SeedOpt = None,
     device: DeviceOpt = None,
     dtype: DtypeOpt = None,
@@ -1142,12 +1107,59 @@ def _escape_unprintable() -> None:
                 pass
 
 
+#: the settings dataclass of each command: the one place its defaults are declared
+COMMAND_CONFIGS = {
+    "demo": "DemoConfig",
+    "certify": "CertifyConfig",
+    "predict": "PredictConfig",
+    "attack": "AttackConfig",
+    "evaluate": "EvaluateConfig",
+    "train-plugin": "TrainPluginConfig",
+}
+
+
+def _render_default(option: Any, value: Any) -> str:
+    if isinstance(value, bool) and option.secondary_opts:  # --tune/--no-tune
+        return (option.opts if value else option.secondary_opts)[0].lstrip("-")
+    if isinstance(value, (list, tuple)):
+        return ",".join(_render_default(option, v) for v in value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def with_declared_defaults(command: Any) -> Any:
+    """Write each option's ``[default: ...]`` from its command's settings dataclass, so help
+    can never disagree with what runs. Options whose declared default is ``None`` keep the
+    words of their help (e.g. "the model's")."""
+    import dataclasses
+    import re
+
+    for name, config in COMMAND_CONFIGS.items():
+        sub = command.commands.get(name)
+        if sub is None:
+            continue
+        fields = {f.name: f for f in dataclasses.fields(getattr(C, config))}
+        for option in sub.params:
+            field = fields.get(option.name)
+            if field is None or getattr(option, "param_type_name", "") != "option":
+                continue
+            default = (
+                field.default_factory()  # type: ignore[misc]
+                if field.default is dataclasses.MISSING
+                else field.default
+            )
+            if default is None:
+                continue
+            text = re.sub(r"\s*\[default: [^\]]*\]", "", option.help or "")
+            option.help = f"{text} [default: {_render_default(option, default)}]".strip()
+    return command
+
+
 def run(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["command"] = next((a for a in args if not a.startswith("-")), None)
     _escape_unprintable()
-    command = typer.main.get_command(app)
+    command = with_declared_defaults(typer.main.get_command(app))
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     interrupted = _InterruptFlag()
