@@ -881,9 +881,8 @@ def certify(
 
 def _load_plugin(folder: str, device: str | None) -> Any:
     from featsmooth.plugin import load_plugin
-    from featsmooth.plugin.io import PACKAGED_PLUGINS
 
-    if folder not in PACKAGED_PLUGINS and not Path(folder).exists():
+    if not Path(folder).exists():
         raise FileNotFoundError(f"plug-in folder not found: {folder}")
     return load_plugin(folder, device=device)
 

@@ -74,8 +74,7 @@ class SmoothedEncoder(nn.Module):
             normalisation; certificates are then about the centred features.
         batch_size: noisy images per forward pass (images and draws are packed together).
         plugin: optional plug-in with ``.wrap(encoder, sigma)`` (purifier -> encoder ->
-            mapper), a saved plug-in folder, or ``"default"`` (the plug-in that ships for
-            the offline default encoder); the wrapped module becomes the base encoder ``f``.
+            mapper); the wrapped module becomes the base encoder ``f``.
         compile: run the encoder through ``torch.compile`` (dynamic shapes). The first
             passes pay the compilation; worth it for long certification runs on GPU.
         forward_draws: noise draws averaged by :meth:`forward` (per call, fresh noise).
@@ -99,10 +98,6 @@ class SmoothedEncoder(nn.Module):
             raise InputError(f"sigma must be a positive number (pixel units), got {sigma!r}")
         self.sigma = float(sigma)
         base = as_encoder(encoder)
-        if isinstance(plugin, str):  # a saved plug-in folder or a packaged name ("default")
-            from featsmooth.plugin import load_plugin
-
-            plugin = load_plugin(plugin)
         if plugin is not None:
             base = plugin.wrap(base, self.sigma)
         self.encoder = base

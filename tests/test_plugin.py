@@ -420,3 +420,86 @@ def test_pixel_only_weights_cannot_train_the_mapper():
     assert L.LossWeights().needs_features
     with pytest.raises(InputError, match="sets parts itself"):
         pretrain_purifier(TinyEncoder(), make_images(8), parts=("mapper",))
+
+
+# ------------------------------------------------------- classical purifiers (no training)
+
+
+def _smooth_image(seed: int = 0, size: int = 32) -> torch.Tensor:
+    """A smooth image (blurred noise) so a denoiser has something to recover."""
+    x = torch.rand(1, 3, size // 4, size // 4, generator=torch.Generator().manual_seed(seed))
+    return nn.functional.interpolate(x, size=(size, size), mode="bilinear").clamp(0, 1)
+
+
+@pytest.mark.parametrize("kind", ["tv", "nlm"])
+def test_classical_purifier_denoises_and_keeps_interface(kind):
+    from featsmooth.plugin import ClassicalPurifier
+
+    x = _smooth_image()
+    gen = torch.Generator().manual_seed(1)
+    noisy = x + 0.25 * torch.randn(x.shape, generator=gen)
+    p = ClassicalPurifier(kind)
+    out = p(noisy, 0.25)
+    assert out.shape == x.shape and out.dtype == x.dtype
+    assert 0.0 <= float(out.min()) and float(out.max()) <= 1.0
+    mse_noisy = (noisy.clamp(0, 1) - x).pow(2).mean()
+    mse_out = (out - x).pow(2).mean()
+    assert mse_out < 0.5 * mse_noisy  # a real denoiser, not a clamp
+    # per-sample sigma, and sigma 0 leaves the (clamped) input unchanged
+    two = torch.cat([noisy, noisy])
+    both = p(two, torch.tensor([0.25, 0.0]))
+    assert torch.allclose(both[0], out[0], atol=1e-6)
+    assert torch.allclose(both[1], noisy[0].clamp(0, 1), atol=1e-6)
+    assert p.num_parameters == 0
+
+
+def test_classical_purifier_backward_is_identity_bpda():
+    from featsmooth.plugin import ClassicalPurifier
+
+    noisy = (_smooth_image() + 0.1).requires_grad_(True)
+    out = ClassicalPurifier("tv")(noisy, 0.25)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(2))
+    (out * weights).sum().backward()
+    assert torch.equal(noisy.grad, weights)
+
+
+def test_classical_plugin_plugs_into_smoothed_encoder():
+    from featsmooth.plugin import classical_plugin
+    from featsmooth.smoothing import SmoothedEncoder
+
+    encoder = TinyEncoder()
+    plugin = classical_plugin("tv", encoder)
+    assert plugin.parts == ("purifier",) and plugin.card["classical"]["kind"] == "tv"
+    wrapped = plugin.wrap(encoder, 0.5)
+    images = make_images(4)
+    assert wrapped(images).shape == encoder(images).shape
+    sm = SmoothedEncoder(encoder, 0.5, plugin=plugin)
+    feats = sm.predict_feature(images, n=4, seed=0)
+    assert feats.shape[0] == 4 and torch.isfinite(feats).all()
+    with pytest.raises(InputError, match="trained for encoder"):
+        plugin.wrap(TinyEncoder(seed=3), 0.5)
+
+
+def test_classical_purifier_rejects_unknown_kind_and_bad_scale():
+    from featsmooth.plugin import ClassicalPurifier
+
+    with pytest.raises(InputError, match="unknown classical purifier"):
+        ClassicalPurifier("median")
+    with pytest.raises(InputError, match="scale"):
+        ClassicalPurifier("tv", scale=0.0)
+
+
+def test_bm3d_purifier_is_optional():
+    from featsmooth.errors import ModelUnavailableError
+    from featsmooth.plugin import ClassicalPurifier
+
+    try:
+        import bm3d  # noqa: F401
+    except ImportError:
+        with pytest.raises(ModelUnavailableError, match="pip install bm3d"):
+            ClassicalPurifier("bm3d")
+        return
+    x = _smooth_image(size=24)
+    noisy = x + 0.25 * torch.randn(x.shape, generator=torch.Generator().manual_seed(3))
+    out = ClassicalPurifier("bm3d")(noisy, 0.25)
+    assert (out - x).pow(2).mean() < (noisy.clamp(0, 1) - x).pow(2).mean()

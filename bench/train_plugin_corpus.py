@@ -1,0 +1,229 @@
+"""Train the plug-in of the default encoder on the photo corpus, in three resumable stages.
+
+1. ``pixel``: the purifier as a plain Gaussian denoiser (pixel MSE only, sigma uniform in
+   the trained range) on random crops of the corpus *train* photos
+   (:func:`featsmooth.plugin.pretrain_purifier`);
+2. ``feature``: the purifier through the frozen encoder with the clean-reference objective,
+   maximise ``cos(f(P(x + e, sigma)), f(x))``, plus the pixel term
+   (:func:`featsmooth.plugin.train_plugin`, ``parts=("purifier",)``);
+3. ``mapper``: the smoothness mapper after the frozen encoder, the purifier of stage 2
+   frozen (``parts=("mapper",)``).
+
+Every stage checkpoints into ``WORKDIR/<stage>/`` and resumes from there when re-run with
+the same settings; each finished stage is saved as a plug-in folder ``WORKDIR/<stage>-plugin``.
+Crops are drawn on the fly (seeded by epoch) from the corpus train photos, so the training
+data is many distinct patches, never a held-out or labelled demo photo. Example::
+
+    python bench/train_plugin_corpus.py --workdir ~/.cache/featsmooth/train-default \\
+        --pixel-steps 600 --feature-steps 1200 --mapper-steps 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from featsmooth.data.corpus import load_corpus
+from featsmooth.encoders import load_encoder
+from featsmooth.plugin import (
+    LossWeights,
+    load_plugin,
+    pretrain_purifier,
+    save_plugin,
+    train_plugin,
+)
+
+
+class CropStream:
+    """Re-iterable batches of fresh random crops of one corpus split (new seed per epoch)."""
+
+    def __init__(self, corpus, split: str, size: int, batch: int, per_epoch: int, seed: int):
+        self.corpus, self.split, self.size = corpus, split, size
+        self.batch, self.per_epoch, self.seed = batch, per_epoch, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.per_epoch
+
+    def __iter__(self):
+        self.epoch += 1
+        for i in range(self.per_epoch):
+            seed = self.seed * 1_000_003 + self.epoch * 10_007 + i
+            yield self.corpus.crops(self.split, self.batch, self.size, seed=seed)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--workdir", type=Path, required=True)
+    p.add_argument("--cache-dir", type=Path, default=None, help="corpus cache folder")
+    p.add_argument("--model", default="default")
+    p.add_argument("--sigmas", type=float, nargs="+", default=[0.25, 0.5])
+    p.add_argument("--stages", default="pixel,feature,mapper")
+    p.add_argument("--pixel-steps", type=int, default=600)
+    p.add_argument("--pixel-size", type=int, default=96)
+    p.add_argument("--pixel-batch", type=int, default=16)
+    p.add_argument("--pixel-lr", type=float, default=1e-3)
+    p.add_argument("--feature-steps", type=int, default=1200)
+    p.add_argument("--feature-batch", type=int, default=4)
+    p.add_argument("--feature-lr", type=float, default=2e-4)
+    p.add_argument("--w-clean", type=float, default=1.0)
+    p.add_argument("--w-mse", type=float, default=1.0)
+    p.add_argument("--mapper-steps", type=int, default=300)
+    p.add_argument("--mapper-batch", type=int, default=8)
+    p.add_argument("--mapper-lr", type=float, default=2e-4)
+    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--purifier-channels", type=int, default=32)
+    p.add_argument("--val-crops", type=int, default=16)
+    p.add_argument("--val-every", type=int, default=100)
+    p.add_argument("--val-draws", type=int, default=4)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    work = args.workdir.expanduser()
+    work.mkdir(parents=True, exist_ok=True)
+    stages = [s for s in args.stages.split(",") if s]
+
+    corpus = load_corpus(args.cache_dir)
+    train_ids = [ph.id for ph in corpus.split("train")]
+    encoder = load_encoder(args.model).eval()
+    val = corpus.crops("held_out", args.val_crops, args.size, seed=10_000 + args.seed)
+    describe = (
+        f"random crops ({{size}}px, side 0.3-1 of the shorter side, flips, fresh per epoch) "
+        f"of the {len(train_ids)} train photos of the featsmooth.data.corpus corpus: "
+        + ", ".join(i.rsplit("/", 1)[-1] for i in train_ids)
+    )
+    log = work / "stages.jsonl"
+
+    def record(stage: str, plugin, seconds: float) -> None:
+        t = plugin.card.get("training", {})
+        with open(log, "a") as fh:
+            fh.write(
+                json.dumps(
+                    {
+                        "stage": stage,
+                        "steps": t.get("steps"),
+                        "seconds_per_step": t.get("seconds_per_step"),
+                        "seconds": seconds,
+                        "validations": plugin.card.get("validations", [])[-1:],
+                    }
+                )
+                + "\n"
+            )
+
+    def printer(stage: str):
+        t_last = [time.perf_counter()]
+
+        def cb(step: int, metrics: dict) -> None:
+            if step % 10 == 0:
+                now = time.perf_counter()
+                vals = " ".join(f"{k}={v:.4f}" for k, v in metrics.items())
+                print(
+                    f"{stage} step {step} {vals} ({(now - t_last[0]) / 10:.2f} s/step)", flush=True
+                )
+                t_last[0] = now
+
+        return cb
+
+    init = None
+    if "pixel" in stages:
+        t0 = time.perf_counter()
+        init = pretrain_purifier(
+            encoder,
+            CropStream(corpus, "train", args.pixel_size, args.pixel_batch, 500, args.seed),
+            sigmas=args.sigmas,
+            steps=args.pixel_steps,
+            batch_size=args.pixel_batch,
+            lr=args.pixel_lr,
+            seed=args.seed,
+            progress=False,
+            checkpoint_dir=work / "pixel",
+            callback=printer("pixel"),
+            checkpoint_every=50,
+            val_every=0,
+            purifier_config={"base_channels": args.purifier_channels},
+            data_description=describe.format(size=args.pixel_size),
+        )
+        save_plugin(init, work / "pixel-plugin")
+        record("pixel", init, time.perf_counter() - t0)
+    elif (work / "pixel-plugin").exists():
+        init = load_plugin(work / "pixel-plugin")
+
+    if "feature" in stages:
+        t0 = time.perf_counter()
+        init = train_plugin(
+            encoder,
+            CropStream(corpus, "train", args.size, args.feature_batch, 500, args.seed + 1),
+            sigmas=args.sigmas,
+            sigma_sampling="set",
+            parts=("purifier",),
+            init=init,
+            steps=args.feature_steps,
+            batch_size=args.feature_batch,
+            lr=args.feature_lr,
+            loss_weights=LossWeights(
+                clean_consistency=args.w_clean,
+                pairwise_consistency=0.0,
+                utility=0.0,
+                pixel_mse=args.w_mse,
+                stats=0.0,
+                identity=0.0,
+            ),
+            draws_per_image=1,
+            val_images=val,
+            val_every=args.val_every,
+            val_draws=args.val_draws,
+            checkpoint_dir=work / "feature",
+            callback=printer("feature"),
+            checkpoint_every=25,
+            seed=args.seed,
+            progress=False,
+            purifier_config={"base_channels": args.purifier_channels},
+            data_description=describe.format(size=args.size),
+        )
+        save_plugin(init, work / "feature-plugin")
+        record("feature", init, time.perf_counter() - t0)
+    elif (work / "feature-plugin").exists():
+        init = load_plugin(work / "feature-plugin")
+
+    if "mapper" in stages:
+        t0 = time.perf_counter()
+        plugin = train_plugin(
+            encoder,
+            CropStream(corpus, "train", args.size, args.mapper_batch, 500, args.seed + 2),
+            sigmas=args.sigmas,
+            sigma_sampling="set",
+            parts=("mapper",),
+            init=init,
+            steps=args.mapper_steps,
+            batch_size=args.mapper_batch,
+            lr=args.mapper_lr,
+            loss_weights=LossWeights(
+                clean_consistency=1.0,
+                pairwise_consistency=0.0,
+                utility=1.0,
+                pixel_mse=0.0,
+                stats=0.0,
+                identity=0.1,
+            ),
+            draws_per_image=1,
+            val_images=val,
+            val_every=args.val_every,
+            val_draws=args.val_draws,
+            checkpoint_dir=work / "mapper",
+            callback=printer("mapper"),
+            checkpoint_every=25,
+            seed=args.seed,
+            progress=False,
+            data_description=describe.format(size=args.size),
+        )
+        save_plugin(plugin, work / "mapper-plugin")
+        record("mapper", plugin, time.perf_counter() - t0)
+
+
+if __name__ == "__main__":
+    main()
