@@ -356,7 +356,7 @@ def demo(
         bool | None,
         typer.Option(
             "--tune/--no-tune",
-            help="Measure the fastest batch size and dtype first (cached).",
+            help="Measure the fastest batch size and dtype first (a warm-up, cached).",
         ),
     ] = None,
 ) -> None:

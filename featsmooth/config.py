@@ -103,7 +103,9 @@ class DemoConfig:
     device: str | None = None
     run_dir: str | None = None
     progress: bool = True
-    tune: bool = True
+    # off by default: on a loaded 2-core machine the measured choice lost to batch 64
+    # (bench/results/demo_speed.json); --tune measures and caches it for this machine
+    tune: bool = False
 
 
 @dataclass

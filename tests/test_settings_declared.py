@@ -49,7 +49,7 @@ def test_rendered_defaults_read_back_as_the_declared_values():
     shown = cli.with_declared_defaults(typer.main.get_command(cli.app))
     demo = {p.name: p for p in shown.commands["demo"].params}
     assert "[default: 16]" in demo["n0"].help and "[default: 300]" in demo["n"].help
-    assert "[default: tune]" in demo["tune"].help
+    assert "[default: no-tune]" in demo["tune"].help
     certify = {p.name: p for p in shown.commands["certify"].params}
     assert "[default: no-tune]" in certify["tune"].help
     assert "[default: 0.1,0.25,0.5]" in certify["radii"].help
