@@ -127,7 +127,12 @@ def main() -> None:
         if name != "default"
     }
     result = {
-        "settings": {**vars(args), "variants": VARIANTS, "model": "default", "sigma": 0.25},
+        "settings": {
+            **{k: v for k, v in vars(args).items() if k not in ("out", "child")},
+            "variants": VARIANTS,
+            "model": "default",
+            "sigma": 0.25,
+        },
         "environment": environment_info(),
         "load_average_1min": load,
         "median": summary,

@@ -77,7 +77,7 @@ def main() -> None:
     base, tuned = list(median.values())
     result = {
         "settings": {
-            **vars(args),
+            **{k: v for k, v in vars(args).items() if k != "out"},
             "sigma": SIGMA,
             "model": "default",
             "work": "certify_prediction",
