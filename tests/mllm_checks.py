@@ -27,15 +27,24 @@ PROMPT = "Question: what is this ? Answer:"
 GREEDY = dict(max_new_tokens=4, do_sample=False, eos_token_id=None)
 
 
-def tokenizer(add_bos: bool = True, specials: tuple[str, ...] = ("<image>",)):
+def tokenizer(
+    add_bos: bool = True,
+    specials: tuple[str, ...] = ("<image>",),
+    words: list[str] = WORDS,
+    append_eos: bool = False,
+):
+    """A word-level fast tokenizer over ``words`` (which hold ``<pad> <unk> <s> </s>``),
+    splitting on whitespace; ``<s>`` before and, with ``append_eos``, ``</s>`` after the text;
+    ``specials`` are additional special tokens."""
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
 
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    if add_bos:
-        tok.post_processor = processors.TemplateProcessing(
-            single="<s> $A", special_tokens=[("<s>", BOS)]
-        )
+    ends = [w for w, on in (("<s>", add_bos), ("</s>", append_eos)) if on]
+    if ends:
+        single = " ".join(["<s>"] * add_bos + ["$A"] + ["</s>"] * append_eos)
+        special = [(w, words.index(w)) for w in ends]
+        tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=special)
     return transformers.PreTrainedTokenizerFast(
         tokenizer_object=tok,
         unk_token="<unk>",

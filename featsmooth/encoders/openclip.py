@@ -27,12 +27,8 @@ import torch
 from torch import nn
 
 from featsmooth.encoders import hub
-from featsmooth.encoders.hf import (
-    OpenClipEncoder,
-    _network_errors,
-    _resolve_dtype,
-    unavailable_error,
-)
+from featsmooth.encoders.hf import _network_errors, _resolve_dtype, unavailable_error
+from featsmooth.encoders.text_image import OpenClipEncoder
 from featsmooth.errors import InputError, ModelUnavailableError
 
 SCHEMAS = ("hf-hub:", "local-dir:")

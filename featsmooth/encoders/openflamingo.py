@@ -38,7 +38,7 @@ import contextlib
 import inspect
 import json
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -47,9 +47,7 @@ from torch import nn
 from featsmooth.encoders.hf import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
-    _as_size,
     _finish,
-    _image_size_of,
     _normalisation,
     _pretrained,
     _read_preprocessor_config,
@@ -57,6 +55,7 @@ from featsmooth.encoders.hf import (
     unavailable_error,
 )
 from featsmooth.encoders.image_tokens import ImageTokenEncoder
+from featsmooth.encoders.prompts import _embedding_device
 from featsmooth.errors import InputError, ModelUnavailableError
 
 MEDIA_TOKEN = "<image>"
@@ -440,28 +439,11 @@ class OpenFlamingoEncoder(ImageTokenEncoder):
 
     stages = ("vision", "perceiver")
     default_stage = "perceiver"
+    default_name = "openflamingo"
 
-    def __init__(
-        self,
-        model: Flamingo,
-        *,
-        stage: str | None = None,
-        tokenizer: Any | None = None,
-        mean: Sequence[float] = OPENAI_CLIP_MEAN,
-        std: Sequence[float] = OPENAI_CLIP_STD,
-        image_size: int | Sequence[int] | None = None,
-        name: str = "openflamingo",
-    ) -> None:
-        size = _as_size(image_size) or _image_size_of(model.vision_encoder.config)
-        super().__init__(
-            model,
-            stage=stage,
-            tokenizer=tokenizer,
-            mean=mean,
-            std=std,
-            image_size=size,
-            name=name,
-        )
+    @staticmethod
+    def vision_config(model: nn.Module) -> Any:
+        return model.vision_encoder.config
 
     def vision_dtype(self) -> torch.dtype:
         return next(self.model.vision_encoder.parameters()).dtype
@@ -491,6 +473,16 @@ class OpenFlamingoEncoder(ImageTokenEncoder):
     def language_model(self) -> nn.Module:
         return self.model.lang_encoder
 
+    def _latents(
+        self, image_features: torch.Tensor, stage: str | None, input_ids: torch.Tensor
+    ) -> torch.Tensor:
+        """Perceiver latents of ``image_features``, one image per prompt of ``input_ids``,
+        on the device of ``input_ids``."""
+        latents = self.to_language(image_features, stage).to(input_ids.device)
+        if latents.shape[0] != input_ids.shape[0]:
+            raise InputError(f"{latents.shape[0]} images for {input_ids.shape[0]} prompts")
+        return latents
+
     def logits(
         self,
         input_ids: torch.Tensor,
@@ -502,11 +494,9 @@ class OpenFlamingoEncoder(ImageTokenEncoder):
     ) -> torch.Tensor:
         """Next-token logits with ``image_features`` read by the cross-attention layers."""
         lm = self.language_model()
-        device = lm.get_input_embeddings().weight.device
-        input_ids = input_ids.to(device)
-        latents = self.to_language(image_features, stage).to(device)
-        if latents.shape[0] != input_ids.shape[0]:
-            raise InputError(f"{latents.shape[0]} images for {input_ids.shape[0]} prompts")
+        input_ids = input_ids.to(_embedding_device(lm))
+        latents = self._latents(image_features, stage, input_ids)
+        device = input_ids.device
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         attention_mask = attention_mask.to(device)
@@ -525,9 +515,7 @@ class OpenFlamingoEncoder(ImageTokenEncoder):
         stage: str | None,
         **generate_kwargs: Any,
     ) -> torch.Tensor:
-        latents = self.to_language(image_features, stage).to(input_ids.device)
-        if latents.shape[0] != input_ids.shape[0]:
-            raise InputError(f"{latents.shape[0]} images for {input_ids.shape[0]} prompts")
+        latents = self._latents(image_features, stage, input_ids)
         out = self.model.generate_with_latents(
             latents, input_ids, attention_mask, **generate_kwargs
         )

@@ -20,64 +20,24 @@ bidirectionally (``token_type_ids`` 0) and the answer causally (1); Gemma 3 expa
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
-from torch import nn
 
-from featsmooth.encoders.hf import SIGLIP_MEAN, SIGLIP_STD, _as_size, _image_size_of
-from featsmooth.encoders.image_tokens import ImageTokenEncoder, load_image_token_model
+from featsmooth.encoders.hf import SIGLIP_MEAN, SIGLIP_STD
+from featsmooth.encoders.image_tokens import TowerProjectorEncoder
 from featsmooth.errors import InputError
 
 
-class PaliGemmaEncoder(ImageTokenEncoder):
+class PaliGemmaEncoder(TowerProjectorEncoder):
     """A PaliGemma model (``PaliGemmaForConditionalGeneration``) as a pixel-unit encoder."""
 
-    stages = ("vision", "projected")
-    default_stage = "vision"
+    default_mean = SIGLIP_MEAN
+    default_std = SIGLIP_STD
+    default_name = "paligemma"
+    model_types: ClassVar[dict[str, str]] = {"paligemma": "PaliGemmaForConditionalGeneration"}
     position_offset = 1  # PaliGemma counts positions from 1
     generate_with_encoder_outputs = True  # its generate takes no inputs_embeds
-
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        stage: str | None = None,
-        tokenizer: Any | None = None,
-        mean: Sequence[float] = SIGLIP_MEAN,
-        std: Sequence[float] = SIGLIP_STD,
-        image_size: int | Sequence[int] | None = None,
-        name: str = "paligemma",
-    ) -> None:
-        size = _as_size(image_size) or _image_size_of(model.config.vision_config)
-        super().__init__(
-            model,
-            stage=stage,
-            tokenizer=tokenizer,
-            mean=mean,
-            std=std,
-            image_size=size,
-            name=name,
-        )
-
-    def _parts(self) -> tuple[nn.Module, nn.Module]:
-        holder = getattr(self.model, "model", self.model)
-        return holder.vision_tower, holder.multi_modal_projector
-
-    def vision_dtype(self) -> torch.dtype:
-        return next(self._parts()[0].parameters()).dtype
-
-    def encode_pixels(self, pixel_values: torch.Tensor, stage: str) -> torch.Tensor:
-        tower, _ = self._parts()
-        feats = tower(pixel_values=pixel_values, return_dict=True).last_hidden_state
-        return feats if stage == "vision" else self.advance(feats, "vision")
-
-    def advance(self, features: torch.Tensor, stage: str) -> torch.Tensor:
-        if stage == "projected":
-            return features
-        _, projector = self._parts()
-        return projector(features.to(self.vision_dtype()))
 
     def prompt_ids(self, tok: Any, prompt: str, num_tokens: int) -> list[int]:
         """``<image> * T + <bos> + prompt + "\\n"``, as PaliGemmaProcessor builds it; a prompt
@@ -106,11 +66,9 @@ class PaliGemmaEncoder(ImageTokenEncoder):
 class Gemma3Encoder(PaliGemmaEncoder):
     """A Gemma 3 model (``Gemma3ForConditionalGeneration``) as a pixel-unit encoder."""
 
+    default_name = "gemma3"
+    model_types: ClassVar[dict[str, str]] = {"gemma3": "Gemma3ForConditionalGeneration"}
     position_offset = 0
-
-    def __init__(self, model: nn.Module, **kwargs: Any) -> None:
-        kwargs.setdefault("name", "gemma3")
-        super().__init__(model, **kwargs)
 
     def _marker(self, key: str) -> int:
         value = getattr(self.model.config, key, None)
@@ -152,16 +110,7 @@ def load_paligemma(
     stage: str | None = None,
 ) -> PaliGemmaEncoder:
     """Load a PaliGemma / PaliGemma 2 checkpoint (e.g. ``google/paligemma2-3b-mix-224``)."""
-    return load_image_token_model(
-        name_or_path,
-        model_types={"paligemma": "PaliGemmaForConditionalGeneration"},
-        encoder_cls=PaliGemmaEncoder,
-        mean=SIGLIP_MEAN,
-        std=SIGLIP_STD,
-        device=device,
-        dtype=dtype,
-        stage=stage,
-    )
+    return PaliGemmaEncoder.load(name_or_path, device, dtype, stage=stage)
 
 
 def load_gemma3(
@@ -172,13 +121,4 @@ def load_gemma3(
     stage: str | None = None,
 ) -> Gemma3Encoder:
     """Load a Gemma 3 image-text checkpoint (e.g. ``google/gemma-3-4b-it``)."""
-    return load_image_token_model(
-        name_or_path,
-        model_types={"gemma3": "Gemma3ForConditionalGeneration"},
-        encoder_cls=Gemma3Encoder,
-        mean=SIGLIP_MEAN,
-        std=SIGLIP_STD,
-        device=device,
-        dtype=dtype,
-        stage=stage,
-    )
+    return Gemma3Encoder.load(name_or_path, device, dtype, stage=stage)

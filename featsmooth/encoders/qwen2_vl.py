@@ -32,20 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featsmooth.encoders import handback
 from featsmooth.encoders.base import ImageEncoder, Preprocess
 from featsmooth.encoders.hf import (
     OPENAI_CLIP_MEAN,
     OPENAI_CLIP_STD,
-    _finish,
-    _load_tokenizer,
-    _load_weights,
-    _normalisation,
-    _read_preprocessor_config,
-    _resolve_dtype,
-    read_model_config,
+    _holder,
+    load_pretrained_encoder,
 )
-from featsmooth.errors import InputError, ModelUnavailableError
+from featsmooth.encoders.image_tokens import generate_with_outputs, loglikelihood_with_outputs
+from featsmooth.encoders.prompts import _image_token_id
+from featsmooth.errors import InputError
 
 MODEL_CLASSES = {
     "qwen2_vl": "Qwen2VLForConditionalGeneration",
@@ -76,12 +72,7 @@ def smart_resize(
 
 def _base(model: nn.Module) -> nn.Module:
     """The ``Qwen2VLModel`` inside a ``...ForConditionalGeneration`` (or the model itself)."""
-    inner = getattr(model, "model", None)
-    if inner is not None and hasattr(inner, "visual"):
-        return inner
-    if hasattr(model, "visual"):
-        return model
-    raise InputError(f"{type(model).__name__} has no vision encoder 'visual' (Qwen2-VL layout)")
+    return _holder(model, "visual", "has no vision encoder 'visual' (Qwen2-VL layout)")
 
 
 class QwenVLEncoder(ImageEncoder):
@@ -192,7 +183,7 @@ class QwenVLEncoder(ImageEncoder):
                 f"grid_thw {grid.tolist()[0]} gives {tokens} image tokens, "
                 f"the features have {image_features.shape[1]}"
             )
-        image_id = handback.image_token_id(self.model.config)
+        image_id = _image_token_id(self.model.config)
         batch = image_features.shape[0]
 
         def extra(ids: torch.Tensor, mask: torch.Tensor) -> dict[str, Any]:
@@ -221,7 +212,7 @@ class QwenVLEncoder(ImageEncoder):
         ``grid_thw`` (default: that of the encoder's last forward) gives the 3D positions.
         Returns the new token ids ``(B, L_new)`` or, with ``return_text``, their text.
         """
-        return handback.generate(
+        return generate_with_outputs(
             self.model,
             processor_or_tokenizer if processor_or_tokenizer is not None else self.tokenizer,
             self._features(image_features, stage),
@@ -243,7 +234,7 @@ class QwenVLEncoder(ImageEncoder):
         reduction: Literal["sum", "mean"] = "sum",
     ) -> torch.Tensor:
         """Log-likelihood ``(B,)`` of ``targets`` after ``prompts``; differentiable."""
-        return handback.loglikelihood(
+        return loglikelihood_with_outputs(
             self.model,
             processor_or_tokenizer if processor_or_tokenizer is not None else self.tokenizer,
             self._features(image_features, stage),
@@ -255,6 +246,14 @@ class QwenVLEncoder(ImageEncoder):
         )
 
 
+def _pixel_bounds(pre: dict[str, Any]) -> dict[str, int]:
+    """``min_pixels``/``max_pixels`` of a Qwen2-VL ``preprocessor_config.json``."""
+    size = pre.get("size") or {}
+    min_pixels = pre.get("min_pixels") or size.get("shortest_edge") or DEFAULT_MIN_PIXELS
+    max_pixels = pre.get("max_pixels") or size.get("longest_edge") or DEFAULT_MAX_PIXELS
+    return {"min_pixels": int(min_pixels), "max_pixels": int(max_pixels)}
+
+
 def load_qwen2_vl(
     name_or_path: str,
     device: torch.device | str | None = None,
@@ -263,29 +262,13 @@ def load_qwen2_vl(
     image_size: int | Sequence[int] | None = None,
 ) -> QwenVLEncoder:
     """Load a Qwen2-VL / Qwen2.5-VL checkpoint (hub name or folder) as a QwenVLEncoder."""
-    import transformers as tf
-
-    kind = read_model_config(name_or_path).get("model_type")
-    if kind not in MODEL_CLASSES:
-        raise ModelUnavailableError(
-            f"'{name_or_path}' is a {kind!r} model; Qwen-VL supports {sorted(MODEL_CLASSES)}"
-        )
-    model = _load_weights(
-        getattr(tf, MODEL_CLASSES[kind]), name_or_path, dtype=_resolve_dtype(dtype)
-    )
-    pre = _read_preprocessor_config(name_or_path)
-    mean, std = _normalisation(pre, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
-    size = pre.get("size") or {}
-    min_pixels = pre.get("min_pixels") or size.get("shortest_edge") or DEFAULT_MIN_PIXELS
-    max_pixels = pre.get("max_pixels") or size.get("longest_edge") or DEFAULT_MAX_PIXELS
-    enc = QwenVLEncoder(
-        _finish(model, None),
-        tokenizer=_load_tokenizer(name_or_path),
-        mean=mean,
-        std=std,
+    return load_pretrained_encoder(
+        name_or_path,
+        model_types=MODEL_CLASSES,
+        encoder_cls=QwenVLEncoder,
+        device=device,
+        dtype=dtype,
+        family="Qwen-VL",
+        options=_pixel_bounds,
         image_size=image_size,
-        min_pixels=int(min_pixels),
-        max_pixels=int(max_pixels),
-        name=str(name_or_path),
     )
-    return _finish(enc, device)

@@ -150,15 +150,9 @@ def _module_found(module: str) -> bool:
 
 def _in_hub_cache(repo_id: str) -> bool:
     """Whether ``config.json`` of ``repo_id`` is in the local cache (no network, reads env)."""
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return False
-    cache = os.environ.get("HF_HUB_CACHE")
-    if cache is None and os.environ.get("HF_HOME"):
-        cache = os.path.join(os.environ["HF_HOME"], "hub")
-    found = try_to_load_from_cache(repo_id, "config.json", cache_dir=cache)
-    return isinstance(found, str)
+    from featsmooth.encoders.hub import cached_file_path
+
+    return isinstance(cached_file_path(repo_id), str)
 
 
 def _missing(entry: _Entry) -> tuple[str, ...]:
@@ -205,7 +199,7 @@ def _resolve(loader: Loader, name: str) -> Callable[..., nn.Module]:
     return fn
 
 
-def _call(fn: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
+def call_loader(fn: Callable[..., nn.Module], *args: Any, **kwargs: Any) -> nn.Module:
     """Call ``fn`` with only the keyword arguments it accepts."""
     try:
         params = inspect.signature(fn).parameters
@@ -237,7 +231,7 @@ def _load_by_config(name_or_path: str, device: Any, dtype: Any) -> nn.Module:
         "openflamingo/"
     ):  # OpenFlamingo folders and checkpoints have no transformers config.json
         fn = _resolve("featsmooth.encoders.openflamingo:load_openflamingo", name_or_path)
-        return _call(fn, name_or_path, device=device, dtype=dtype)
+        return call_loader(fn, name_or_path, device=device, dtype=dtype)
     config = read_model_config(name_or_path)
     model_type = config.get("model_type")
     if model_type not in MODEL_TYPES:
@@ -246,7 +240,7 @@ def _load_by_config(name_or_path: str, device: Any, dtype: Any) -> nn.Module:
             f"{', '.join(sorted(MODEL_TYPES))} (or register a loader)"
         )
     fn = _resolve(MODEL_TYPES[model_type], name_or_path)
-    return _call(fn, name_or_path, device=device, dtype=dtype)
+    return call_loader(fn, name_or_path, device=device, dtype=dtype)
 
 
 def load_encoder(
@@ -267,10 +261,10 @@ def load_encoder(
     name = os.fspath(name_or_path)
     if name in _REGISTRY:
         entry = _REGISTRY[name]
-        encoder = _call(_resolve(entry.loader, name), device=device, dtype=dtype)
+        encoder = call_loader(_resolve(entry.loader, name), device=device, dtype=dtype)
     elif _is_open_clip_name(name):
         loader = _resolve(_OPEN_CLIP, name)
-        encoder = _call(loader, name, device=device, dtype=dtype)
+        encoder = call_loader(loader, name, device=device, dtype=dtype)
     elif os.path.isdir(name) or _HUB_ID.match(name):
         encoder = _load_by_config(name, device, dtype)
     else:
@@ -285,7 +279,7 @@ def load_encoder(
 def _hub_loader(function: str, repo_id: str) -> Callable[..., nn.Module]:
     def load(device: Any = None, dtype: Any = None) -> nn.Module:
         target = function if ":" in function else f"{_HF}:{function}"
-        return _call(_resolve(target, repo_id), repo_id, device=device, dtype=dtype)
+        return call_loader(_resolve(target, repo_id), repo_id, device=device, dtype=dtype)
 
     load.__name__ = f"load_{repo_id.replace('/', '_').replace('-', '_').replace('.', '_')}"
     return load
