@@ -16,10 +16,10 @@ from typing import Any
 import torch
 
 from featsmooth.errors import InputError
+from featsmooth.files import atomic_write_bytes
 from featsmooth.plugin.mapper import MapperConfig, SmoothnessMapper
 from featsmooth.plugin.plugged import PARTS, Plugin
 from featsmooth.plugin.purifier import Purifier, PurifierConfig
-from featsmooth.records import atomic_write_bytes
 
 WEIGHTS_FILE = "plugin.safetensors"
 CARD_FILE = "plugin.json"

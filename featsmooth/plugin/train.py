@@ -17,12 +17,15 @@ Guarantees:
   in its metadata, written to a temporary file and moved in place with ``os.replace``)
   restore everything; an interrupted run resumed from its checkpoint ends with the same
   weights as an uninterrupted one. No pickle anywhere.
+
+The training data (:mod:`featsmooth.plugin.batches`), the scores (:func:`evaluate_plugin`,
+:mod:`featsmooth.plugin.evaluation`) and the checkpoints (:mod:`featsmooth.plugin.checkpoint`)
+have modules of their own; their public names are importable from here as well.
 """
 
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import math
 import time
@@ -36,6 +39,19 @@ from torch import nn
 from featsmooth import seeds
 from featsmooth.errors import FeatureError, InputError
 from featsmooth.plugin import losses as L
+from featsmooth.plugin.batches import _as_image_tensor, _Batches, _describe_data, _resolve_data
+from featsmooth.plugin.checkpoint import (
+    CHECKPOINT_FILE,
+    _optimizer_from_flat,
+    load_checkpoint,
+    save_checkpoint,
+)
+from featsmooth.plugin.evaluation import (
+    _encoder_dtype,
+    _first_device,
+    evaluate_plugin,
+    weights_digest,
+)
 from featsmooth.plugin.mapper import MapperConfig, SmoothnessMapper
 from featsmooth.plugin.plugged import (
     PARTS,
@@ -45,266 +61,12 @@ from featsmooth.plugin.plugged import (
 )
 from featsmooth.plugin.purifier import Purifier, PurifierConfig
 from featsmooth.progress import Bar
-from featsmooth.records import atomic_write_bytes
 
-CHECKPOINT_FILE = "checkpoint.safetensors"
-_STATE_KEY = "featsmooth_plugin_checkpoint"
-
-
-# ---------------------------------------------------------------------------- data
-
-
-def _as_image_tensor(x: torch.Tensor, what: str) -> torch.Tensor:
-    if not torch.is_tensor(x) or x.ndim != 4:
-        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
-        raise InputError(f"{what} must be a tensor of images (N, C, H, W), got {shape}")
-    if x.dtype == torch.uint8:
-        x = x.to(torch.float32) / 255.0
-    x = x.to(torch.float32)
-    if x.numel() and (x.min() < 0 or x.max() > 1):
-        raise InputError(f"{what} must be in pixel units [0, 1] (clean images)")
-    return x
-
-
-class _FolderBatches:
-    """Re-iterable batches ``(images, labels)`` of a dataset that has ``.batches(size)``."""
-
-    def __init__(self, dataset: Any, batch_size: int) -> None:
-        self.dataset, self.batch_size = dataset, batch_size
-
-    def __len__(self) -> int:
-        return math.ceil(len(self.dataset) / self.batch_size)
-
-    def __iter__(self):
-        return iter(self.dataset.batches(self.batch_size))
-
-
-def _resolve_data(images_or_loader: Any, batch_size: int) -> torch.Tensor | Iterable:
-    if isinstance(images_or_loader, (str, Path)):
-        try:
-            from featsmooth.data.loaders import load_image_folder
-        except ImportError as err:
-            raise InputError("loading an image folder needs featsmooth.data.loaders") from err
-        images_or_loader = load_image_folder(images_or_loader)
-    if hasattr(images_or_loader, "batches") and hasattr(images_or_loader, "__len__"):
-        return _FolderBatches(images_or_loader, batch_size)
-    if torch.is_tensor(images_or_loader):
-        return _as_image_tensor(images_or_loader, "training images")
-    if isinstance(images_or_loader, Iterable):
-        return images_or_loader
-    raise InputError("training data must be an image tensor, an iterable of batches or a folder")
-
-
-def _batch_from(item: Any) -> torch.Tensor:
-    if isinstance(item, (tuple, list)):
-        item = item[0]
-    if isinstance(item, dict):
-        item = item.get("images", item.get("pixel_values"))
-    return _as_image_tensor(item, "a training batch")
-
-
-class _Batches:
-    """Deterministic batches from a tensor (per-epoch permutation) or a re-iterable loader."""
-
-    def __init__(self, data: torch.Tensor | Iterable, batch_size: int, seed: int) -> None:
-        self.data, self.batch_size, self.seed = data, batch_size, seed
-        self._it = None
-
-    @property
-    def steps_per_epoch(self) -> int | None:
-        if torch.is_tensor(self.data):
-            return max(1, math.ceil(self.data.shape[0] / self.batch_size))
-        return len(self.data) if hasattr(self.data, "__len__") else None  # type: ignore[arg-type]
-
-    def get(self, step: int) -> torch.Tensor:
-        if torch.is_tensor(self.data):
-            n = self.data.shape[0]
-            per = self.steps_per_epoch or 1
-            epoch, i = divmod(step, per)
-            perm = torch.randperm(
-                n, generator=seeds.generator(self.seed, ("epoch", epoch), "train")
-            )
-            return self.data[perm[i * self.batch_size : (i + 1) * self.batch_size]]
-        for _ in range(2):
-            if self._it is None:
-                self._it = iter(self.data)
-            try:
-                return _batch_from(next(self._it))
-            except StopIteration:
-                self._it = None
-        raise InputError("the training loader yielded no batches")
-
-
-# ------------------------------------------------------------------------ evaluation
+# ---------------------------------------------------------------------------- training
 
 
 def _step_generator(seed: int, step: int) -> torch.Generator:
     return seeds.generator(seed, ("step", step), "train")
-
-
-def _encoder_dtype(encoder: nn.Module) -> torch.dtype:
-    for t in list(encoder.parameters()) + list(encoder.buffers()):
-        if t.is_floating_point() and t.dtype in (torch.float16, torch.bfloat16):
-            return t.dtype
-    return torch.float32
-
-
-@torch.no_grad()
-def evaluate_plugin(
-    encoder: nn.Module,
-    plugin: Plugin | None,
-    images: torch.Tensor,
-    sigmas: float | Sequence[float],
-    *,
-    draws: int = 16,
-    seed: int = 0,
-    batch_size: int = 32,
-    device: torch.device | str | None = None,
-    allow_untrained_sigma: bool = False,
-) -> dict[str, dict[str, float]]:
-    """Mean score ``S`` and clean agreement of ``f'`` (or of ``f`` when ``plugin`` is None).
-
-    For each sigma returns ``{"score": mean_x ||mean_i f'(x+eps_i)||, "clean_score": mean
-    cos(f'(x+eps), f(x)), "clean_cos": mean cos(f'(x), f(x)), "draws", "images"}`` with unit
-    flattened features. The noise draws depend only on ``seed`` (common random numbers), so
-    two calls with the same seed compare encoders on the same perturbations. ``score`` is
-    the Monte-Carlo point estimate (biased up by about (1-S^2)/(2 S draws)); it is not a
-    certificate.
-    """
-    images = _as_image_tensor(images, "validation images")
-    device = torch.device(device) if device is not None else _first_device(encoder)
-    dtype = _encoder_dtype(encoder)
-    sig_list = [float(sigmas)] if isinstance(sigmas, (int, float)) else [float(s) for s in sigmas]
-    out: dict[str, dict[str, float]] = {}
-    for sigma in sig_list:
-        model = (
-            plugin.wrap(encoder, sigma, allow_untrained_sigma=allow_untrained_sigma)
-            if plugin is not None
-            else encoder
-        )
-        gen = seeds.generator(seed, ("score",), "train")
-        scores, clean_scores, clean_cos = [], [], []
-        for start in range(0, images.shape[0], batch_size):
-            x = images[start : start + batch_size]
-            b = x.shape[0]
-            noise = torch.randn((b * draws, *x.shape[1:]), generator=gen) * sigma
-            x = x.to(device)
-            ref = L.unit_flat(encoder(x.to(dtype)))
-            clean = L.unit_flat(model(x.to(dtype)))
-            noisy_in = (x.repeat_interleave(draws, 0) + noise.to(device)).to(dtype)
-            feats = torch.cat(
-                [L.unit_flat(model(c)) for c in noisy_in.split(batch_size * draws)]
-            ).view(b, draws, -1)
-            scores.append(L.score_estimate(feats))
-            clean_scores.append((feats * ref[:, None, :]).sum(-1).mean(1))
-            clean_cos.append((clean * ref).sum(-1))
-        out[f"{sigma:g}"] = {
-            "score": float(torch.cat(scores).mean()),
-            "clean_score": float(torch.cat(clean_scores).mean()),
-            "clean_cos": float(torch.cat(clean_cos).mean()),
-            "draws": draws,
-            "images": int(images.shape[0]),
-        }
-    return out
-
-
-def _first_device(module: nn.Module) -> torch.device:
-    for t in list(module.parameters()) + list(module.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def weights_digest(module: nn.Module) -> str:
-    """sha256 of every tensor of ``module``'s state dict (names, dtypes, shapes, bytes)."""
-    h = hashlib.sha256()
-    for name, t in module.state_dict().items():
-        if not torch.is_tensor(t):
-            continue
-        t = t.detach().to("cpu").contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
-        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return h.hexdigest()
-
-
-# ------------------------------------------------------------------------ checkpoints
-
-
-def _optimizer_to_flat(opt: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
-    sd = opt.state_dict()
-    tensors: dict[str, torch.Tensor] = {}
-    scalars: dict[str, dict[str, Any]] = {}
-    for idx, st in sd["state"].items():
-        for key, val in st.items():
-            if torch.is_tensor(val):
-                tensors[f"optim.{idx}.{key}"] = val.detach().to("cpu").contiguous()
-            else:
-                scalars.setdefault(str(idx), {})[key] = val
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
-
-
-def _optimizer_from_flat(
-    opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict
-) -> None:
-    state: dict[int, dict[str, Any]] = {}
-    for key, val in tensors.items():
-        if key.startswith("optim."):
-            _, idx, name = key.split(".", 2)
-            state.setdefault(int(idx), {})[name] = val
-    for idx, vals in meta.get("scalars", {}).items():
-        state.setdefault(int(idx), {}).update(vals)
-    groups = meta["param_groups"]
-    for g in groups:
-        if "betas" in g:
-            g["betas"] = tuple(g["betas"])
-    opt.load_state_dict({"state": state, "param_groups": groups})
-
-
-def save_checkpoint(
-    folder: str | Path,
-    modules: dict[str, nn.Module],
-    optimizer: torch.optim.Optimizer,
-    state: dict[str, Any],
-) -> Path:
-    """Write modules + AdamW state + JSON ``state`` atomically to ``folder/checkpoint.*``."""
-    from safetensors.torch import save
-
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    tensors = {
-        f"model.{part}.{k}": v.detach().to("cpu").contiguous()
-        for part, m in modules.items()
-        for k, v in m.state_dict().items()
-    }
-    opt_tensors, opt_meta = _optimizer_to_flat(optimizer)
-    tensors.update(opt_tensors)
-    full_state = {**state, "optimizer": opt_meta}
-    blob = save(tensors, metadata={_STATE_KEY: json.dumps(full_state)})
-    path = folder / CHECKPOINT_FILE
-    atomic_write_bytes(path, blob)
-    readable = {k: v for k, v in full_state.items() if k != "optimizer"}
-    atomic_write_bytes(folder / "checkpoint.json", json.dumps(readable, indent=2).encode())
-    return path
-
-
-def load_checkpoint(folder: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
-    """``(tensors, state)`` from ``folder/checkpoint.safetensors``, or None if absent."""
-    from safetensors import safe_open
-
-    path = Path(folder) / CHECKPOINT_FILE
-    if not path.exists():
-        return None
-    try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = fh.metadata() or {}
-            tensors = {k: fh.get_tensor(k) for k in fh.keys()}
-    except Exception as err:
-        raise InputError(f"checkpoint {path.name} is unreadable ({err}); delete it") from err
-    if _STATE_KEY not in meta:
-        raise InputError(f"{path.name} is not a featsmooth plug-in checkpoint")
-    return tensors, json.loads(meta[_STATE_KEY])
-
-
-# ---------------------------------------------------------------------------- training
 
 
 def _sigma_set(sigmas: float | Sequence[float]) -> list[float]:
@@ -702,12 +464,6 @@ def pretrain_purifier(
     )
 
 
-def _describe_data(data: torch.Tensor | Iterable) -> str:
-    if torch.is_tensor(data):
-        return f"tensor of {data.shape[0]} images of shape {tuple(data.shape[1:])}"
-    return f"iterable {type(data).__name__}"
-
-
 def _train_step(
     encoder: nn.Module,
     modules: dict[str, nn.Module],
@@ -793,3 +549,15 @@ def _progress_info(metrics: dict[str, float], val: dict | None) -> str:
         s = " ".join(f"{k}:{v['score']:.3f}" for k, v in val["metrics"].items())
         info += f"  S_val[{s}]@{val['step']}"
     return info
+
+
+__all__ = [
+    "CHECKPOINT_FILE",
+    "PIXEL_ONLY_WEIGHTS",
+    "evaluate_plugin",
+    "load_checkpoint",
+    "pretrain_purifier",
+    "save_checkpoint",
+    "train_plugin",
+    "weights_digest",
+]
