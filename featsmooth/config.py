@@ -1,15 +1,22 @@
 """Settings of a command: defaults, then a YAML/TOML config file, then command-line flags.
 
 Every subcommand of ``featsmooth`` has a settings dataclass here (:class:`CertifyConfig`,
-:class:`DemoConfig`, ...). :func:`resolve` builds one from three sources, later ones
-winning:
+:class:`DemoConfig`, ...) whose every field is declared once with a
+:class:`~featsmooth.settings.Setting`: default, help text, constraint and flag. Settings
+several commands share are declared once below (``SIGMA``, ``N``, ...) and used in each
+dataclass, overriding the default or the help where the meaning differs. The command
+line's options, their ``--help`` defaults, the keys a config file accepts and the checks
+of :func:`validate` are all generated from these declarations.
 
-1. the dataclass defaults;
-2. a config file (``--config FILE``; ``.yaml``/``.yml`` or ``.toml``) whose keys are the
+:func:`resolve` builds a settings object from these sources, later ones winning:
+
+1. the declared defaults;
+2. a preset: a named set of overrides in :data:`PRESETS` (``demo-fast``, ``paper``);
+3. a config file (``--config FILE``; ``.yaml``/``.yml`` or ``.toml``) whose keys are the
    field names (``-`` and ``_`` are the same: ``batch-size`` = ``batch_size``). A file may
    also hold one section per command (``certify: {sigma: 0.5}``), which is applied over
    its top-level keys, so one file can serve several commands;
-3. the flags the user gave (``None`` means "not given" and never overrides).
+4. the flags the user gave (``None`` means "not given" and never overrides).
 
 Values are checked and converted on the way in (``"0.1,0.25"`` becomes ``[0.1, 0.25]``);
 any bad value raises :class:`~featsmooth.errors.InputError` naming the key and the source.
@@ -18,6 +25,9 @@ The effective settings are printed by the CLI and saved beside the run
 be repeated exactly).
 """
 
+# Fields are made by calling a Setting (featsmooth.settings), which returns dataclasses.field:
+# ruff: noqa: RUF009
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,11 +35,22 @@ import math
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 from featsmooth.errors import InputError
+from featsmooth.settings import (
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    Folder,
+    Interval,
+    OneOf,
+    Setting,
+    setting,
+)
+from featsmooth.settings import check as check_declared
 
 CONFIG_FILE = "config.yaml"
 #: largest config file read (a settings file is a few hundred bytes)
@@ -45,6 +66,78 @@ T = TypeVar("T")
 
 
 # --------------------------------------------------------------------------------------
+# Settings shared by several commands (declared once; a use may override default or help)
+
+
+def _bound_methods() -> list[str]:
+    from featsmooth import bounds
+
+    return list(bounds.METHODS)
+
+
+MODEL = Setting("default", "Registry name, local model folder or hub id.")
+IMAGES = Setting(None, "Folder of images (searched recursively) or one image.")
+PHOTOS = Setting(False, "Use the photos shipped with the packages.", flag="--photos")
+SIZE = Setting(
+    None,
+    "Side of the square images (centre crop + resize).",
+    check=POSITIVE,
+    default_text="the model's",
+)
+SIGMA = Setting(
+    0.25,
+    "Noise level in pixel units of [0,1] images.",
+    check=Interval(0, 10, closed="right", note="pixel units of [0,1] images; typical 0.12-0.5"),
+)
+SEED = Setting(0, "Run seed (each image gets its own stream).")
+DEVICE = Setting(None, "torch device: cpu, cuda, cuda:1, mps.", default_text="the model's")
+DTYPE = Setting("float32", "Model input dtype.", check=OneOf(DTYPES))
+BATCH_SIZE = Setting(256, "Noisy images per forward pass.", check=POSITIVE)
+CLASSES = Setting(
+    None,
+    "Zero-shot class names: comma-separated or a text file, one per line.",
+    default_text="ImageNet-1k for text-image models",
+)
+N0 = Setting(64, "Direction samples (they choose the direction v).", check=POSITIVE)
+N = Setting(10_000, "Certification samples.", check=POSITIVE)
+ALPHA = Setting(0.001, "Failure probability of each certificate.", check=PROBABILITY)
+METHOD = Setting(
+    "betting",
+    "Confidence bound: betting | bernstein | hoeffding.",
+    check=OneOf(_bound_methods),
+)
+RADII = Setting(
+    list(DEFAULT_RADII),
+    "l2 radii (pixel units) to certify, comma-separated.",
+    check=NON_NEGATIVE,
+)
+TASK = Setting(
+    "auto",
+    "What to certify (zero-shot predictions need a text-image model).",
+    check=OneOf(TASKS),
+)
+PLUGIN = Setting(None, "Folder of a trained plug-in (purifier + mapper).")
+RUN_DIR = Setting(None, "Run folder for the records (resumed if it exists).", check=Folder())
+PROGRESS = Setting(True, "Show progress bars.")
+TUNE = Setting(
+    False,
+    "Measure the fastest batch size and dtype for this encoder and device (a short warm-up, "
+    "cached; bfloat16 only where its features agree with float32 ones) and use them instead "
+    "of --batch-size/--dtype.",
+)
+ATTACK = Setting("pgd", "Attack: pgd | apgd.")
+NORM = Setting("l2", "Threat model: l2 | linf.")
+EPS = Setting(
+    [0.5], "Budgets in pixel units, comma-separated; linf also k/255.", check=NON_NEGATIVE
+)
+STEPS = Setting(20, "Attack steps.", check=POSITIVE)
+STEP_SIZE = Setting(None, "Step size (pixel units).", check=POSITIVE, default_text="the attack's")
+RESTARTS = Setting(1, "Random restarts.", check=POSITIVE)
+EOT = Setting(8, "Noise draws per attack step (EoT).", check=POSITIVE)
+JUDGE_DRAWS = Setting(32, "Fresh noise draws judging each smoothed result.", check=POSITIVE)
+
+
+# --------------------------------------------------------------------------------------
 # Settings of each command
 
 
@@ -52,88 +145,121 @@ T = TypeVar("T")
 class _ModelSettings:
     """Settings shared by commands that run a model on images."""
 
-    model: str = "default"
-    images: str | None = None
-    photos: bool = False
-    size: int | None = None
-    sigma: float = 0.25
-    seed: int = 0
-    device: str | None = None
-    dtype: str = "float32"
-    batch_size: int = 256
-    classes: str | None = None
+    model: str = MODEL()
+    images: str | None = IMAGES()
+    photos: bool = PHOTOS()
+    size: int | None = SIZE()
+    sigma: float = SIGMA()
+    seed: int = SEED()
+    device: str | None = DEVICE()
+    dtype: str = DTYPE()
+    batch_size: int = BATCH_SIZE()
+    classes: str | None = CLASSES()
 
 
 @dataclass
 class CertifyConfig(_ModelSettings):
     """Settings of ``featsmooth certify`` (see :func:`featsmooth.api.certify`)."""
 
-    n0: int = 64
-    n: int = 10_000
-    alpha: float = 0.001
-    method: str = "betting"
-    radii: list[float] = field(default_factory=lambda: list(DEFAULT_RADII))
-    tolerance: float | None = None
-    target_cosine: float | None = None
-    target_radius: float | None = None
-    center: bool = False
-    keep_samples: bool = False
-    task: str = "auto"
-    plugin: str | None = None
-    run_dir: str | None = None
-    progress: bool = True
-    ray: bool = False
-    ray_address: str | None = None
-    workers: int | None = None
-    tune: bool = False
+    n0: int = N0()
+    n: int = N(help="Certification samples (maximum).")
+    alpha: float = ALPHA()
+    method: str = METHOD()
+    radii: list[float] = RADII()
+    tolerance: float | None = setting(
+        None,
+        "Stop an image once estimate − S_low ≤ this (betting bound only).",
+        check=POSITIVE,
+        default_text="run all n samples",
+    )
+    target_cosine: float | None = setting(
+        None,
+        "With --target-radius: stop once this cosine is certified (or cannot be).",
+        check=Interval(0, 1, closed="left"),
+    )
+    target_radius: float | None = setting(
+        None, "Radius of --target-cosine (pixel units).", check=POSITIVE
+    )
+    center: bool = setting(
+        False, "Subtract the mean feature of uniform-noise images before normalising."
+    )
+    keep_samples: bool = setting(
+        False,
+        "Store per-sample projections (for `featsmooth recompute`).",
+        flag="--keep-samples",
+    )
+    task: str = TASK()
+    plugin: str | None = PLUGIN()
+    run_dir: str | None = RUN_DIR(default_text="runs/MODEL-sigmaSIGMA")
+    progress: bool = PROGRESS()
+    ray: bool = setting(
+        False,
+        "Spread the images over Ray workers (one encoder each; --task features only). Same "
+        "records as without it. Needs Ray: pip install 'ray>=2.9'",
+    )
+    ray_address: str | None = setting(
+        None, "Existing Ray cluster (auto, ray://host:10001).", default_text="local"
+    )
+    workers: int | None = setting(
+        None, "Ray workers.", check=POSITIVE, default_text="one per GPU, else one per CPU"
+    )
+    tune: bool = TUNE()
 
 
 @dataclass
 class DemoConfig:
     """Settings of ``featsmooth demo``: the offline default on the shipped photos."""
 
-    sigma: float = 0.25
-    n0: int = 16
-    n: int = 300
-    alpha: float = 0.001
-    method: str = "betting"
-    radii: list[float] = field(default_factory=lambda: list(DEFAULT_RADII))
-    batch_size: int = 64
-    seed: int = 0
-    device: str | None = None
-    run_dir: str | None = None
-    progress: bool = True
+    sigma: float = SIGMA()
+    n0: int = N0(16)
+    n: int = N(300)
+    alpha: float = ALPHA()
+    method: str = METHOD()
+    radii: list[float] = RADII()
+    batch_size: int = BATCH_SIZE(64)
+    seed: int = SEED()
+    device: str | None = DEVICE()
+    run_dir: str | None = RUN_DIR(help="Run folder.", default_text="runs/demo")
+    progress: bool = PROGRESS()
     # off by default: on a loaded 2-core machine the measured choice lost to batch 64
     # (bench/results/demo_speed.json); --tune measures and caches it for this machine
-    tune: bool = False
+    tune: bool = TUNE(help="Measure the fastest batch size and dtype first (a warm-up, cached).")
 
 
 @dataclass
 class PredictConfig(_ModelSettings):
     """Settings of ``featsmooth predict``."""
 
-    n: int = 256
-    top_k: int = 3
+    n: int = N(256, help="Noise draws per image.")
+    top_k: int = setting(3, "Classes to show.", check=POSITIVE)
+    progress: bool = PROGRESS()
 
 
 @dataclass
 class AttackConfig(_ModelSettings):
     """Settings of ``featsmooth attack`` (see :func:`featsmooth.api.attack`)."""
 
-    attack: str = "pgd"
-    objective: str = "cosine"
-    norm: str = "l2"
-    eps: list[float] = field(default_factory=lambda: [0.5])
-    steps: int = 20
-    step_size: float | None = None
-    restarts: int = 1
-    settings: list[str] = field(default_factory=lambda: ["vanilla", "fs"])
-    eot: int = 8
-    judge_draws: int = 32
-    success_cosine: float = 0.5
-    plugin: str | None = None
-    batch_size: int = 64
-    run_dir: str | None = None
+    attack: str = ATTACK()
+    objective: str = setting("cosine", "What the attack lowers.", check=OneOf(("cosine",)))
+    norm: str = NORM()
+    eps: list[float] = EPS()
+    steps: int = STEPS()
+    step_size: float | None = STEP_SIZE()
+    restarts: int = RESTARTS()
+    settings: list[str] = setting(
+        ["vanilla", "fs"], "Encoders attacked: vanilla, fs, fs+plugin (comma-separated)."
+    )
+    eot: int = EOT()
+    judge_draws: int = JUDGE_DRAWS()
+    success_cosine: float = setting(
+        0.5,
+        "An attack succeeds when the cosine drops below this.",
+        check=Interval(-1, 1, closed="both"),
+    )
+    plugin: str | None = PLUGIN(help="Plug-in folder (for fs+plugin).")
+    batch_size: int = BATCH_SIZE(64)
+    run_dir: str | None = RUN_DIR(default_text="runs/attack-MODEL-NORM")
+    progress: bool = PROGRESS()
 
 
 @dataclass
@@ -147,56 +273,90 @@ class EvaluateConfig(_ModelSettings):
     ``target_image``.
     """
 
-    attack: str = "pgd"
-    attacks: list[str] = field(default_factory=list)
-    norm: str = "l2"
-    eps: list[float] = field(default_factory=lambda: [0.25, 0.5])
-    steps: int = 20
-    step_size: float | None = None
-    restarts: int = 1
-    plugin: str | None = None
-    target_image: str | None = None
-    eot: int = 8
-    judge_draws: int = 32
-    n0: int = 64
-    n: int = 1000
-    alpha: float = 0.001
-    method: str = "betting"
-    radii: list[float] = field(default_factory=lambda: [0.0, *DEFAULT_RADII])
-    check_draws: int = 256
-    check_alpha: float = 0.001
-    task: str = "auto"
-    batch_size: int = 64
-    attack_batch_size: int = 4
-    run_dir: str | None = None
-    progress: bool = True
+    attack: str = ATTACK()
+    attacks: list[str] = setting(
+        [],
+        "Full attack specs separated by ';' (e.g. pgd:l2:0.5:steps=20, or the paper's "
+        "mf-ii:linf:16/255:steps=300:target=shark); they replace --attack/--norm/--eps/--steps.",
+        default_text="one per --eps",
+    )
+    norm: str = NORM()
+    eps: list[float] = EPS(
+        [0.25, 0.5],
+        help="Budgets (pixel units), comma-separated; linf also k/255. One attack each.",
+    )
+    steps: int = STEPS()
+    step_size: float | None = STEP_SIZE()
+    restarts: int = RESTARTS()
+    plugin: str | None = PLUGIN(help="Plug-in folder: adds the setting fs+plugin.")
+    target_image: str | None = setting(
+        None, "Target image of the embedding-matching attacks (mf-ii, m-attack, foa)."
+    )
+    eot: int = EOT()
+    judge_draws: int = JUDGE_DRAWS()
+    n0: int = N0()
+    n: int = N(1000)
+    alpha: float = ALPHA()
+    method: str = METHOD()
+    radii: list[float] = RADII(
+        [0.0, *DEFAULT_RADII], help="Radii of the certified table, comma-separated."
+    )
+    check_draws: int = setting(256, "Fresh draws of the consistency check.", check=POSITIVE)
+    check_alpha: float = setting(
+        0.001, "Failure probability of the consistency check.", check=PROBABILITY
+    )
+    task: str = TASK()
+    dtype: str = DTYPE(help="Model input dtype (evaluate runs float32 only).")
+    batch_size: int = BATCH_SIZE(64)
+    attack_batch_size: int = setting(4, "Images per attack batch.", check=POSITIVE)
+    run_dir: str | None = RUN_DIR(default_text="runs/evaluate-MODEL")
+    progress: bool = PROGRESS()
 
 
 @dataclass
 class TrainPluginConfig:
     """Settings of ``featsmooth train-plugin`` (see :func:`featsmooth.api.train_plugin`)."""
 
-    model: str = "default"
-    images: str | None = None
-    photos: bool = False
-    size: int | None = None
-    sigmas: list[float] = field(default_factory=lambda: [0.25])
-    parts: list[str] = field(default_factory=lambda: ["purifier", "mapper"])
-    steps: int = 200
-    batch_size: int = 8
-    lr: float = 2e-4
-    draws_per_image: int = 2
-    sigma_sampling: str = "set"
-    loss_weights: str | None = None
-    crops: int | None = None
-    pretrain_steps: int = 0
-    val_images: str | None = None
-    val_every: int = 50
-    seed: int = 0
-    device: str | None = None
-    dtype: str = "float32"
-    out: str = "plugins/plugin"
-    progress: bool = True
+    model: str = MODEL(help="Registry name of the frozen encoder.")
+    images: str | None = IMAGES(help="Folder of training images.")
+    photos: bool = PHOTOS(help="Train on the shipped photos (a demo).")
+    size: int | None = SIZE()
+    sigmas: list[float] = setting([0.25], "Training noise levels, comma-separated.", check=POSITIVE)
+    parts: list[str] = setting(
+        ["purifier", "mapper"], "Parts to train: purifier, mapper or both (comma-separated)."
+    )
+    steps: int = STEPS(200, help="Training steps.")
+    batch_size: int = BATCH_SIZE(8, help="Images per step.")
+    lr: float = setting(2e-4, "AdamW learning rate.", check=POSITIVE)
+    draws_per_image: int = setting(2, "Noise draws per image and step.", check=POSITIVE)
+    sigma_sampling: str = setting(
+        "set",
+        "How a step draws its noise level: 'set' from SIGMAS, 'uniform' between their min and max.",
+        check=OneOf(("set", "uniform")),
+    )
+    loss_weights: str | None = setting(
+        None,
+        "Loss weights as name=value,... (clean_consistency, pairwise_consistency, utility, "
+        "pixel_mse, stats, identity); unnamed ones keep their defaults.",
+    )
+    crops: int | None = setting(
+        None,
+        "Train on this many random crops/flips of the images (few images).",
+        check=POSITIVE,
+        default_text="the images as they are",
+    )
+    pretrain_steps: int = setting(
+        0,
+        "Pixel-denoising steps for the purifier first (encoder not run).",
+        check=NON_NEGATIVE,
+    )
+    val_images: str | None = setting(None, "Held-out images: S and clean agreement while training.")
+    val_every: int = setting(50, "Validate every this many steps.", check=NON_NEGATIVE)
+    seed: int = SEED()
+    device: str | None = DEVICE()
+    dtype: str = DTYPE()
+    out: str = setting("plugins/plugin", "Output folder.", check=Folder())
+    progress: bool = PROGRESS()
 
 
 COMMANDS: dict[str, type] = {
@@ -206,6 +366,21 @@ COMMANDS: dict[str, type] = {
     "attack": AttackConfig,
     "evaluate": EvaluateConfig,
     "train-plugin": TrainPluginConfig,
+}
+
+#: the targeted embedding-matching attacks of the source paper's protocol
+PAPER_ATTACKS = ("mf-ii", "m-attack", "foa")
+
+#: named overrides of the declared defaults (:func:`resolve`'s ``preset``): a preset
+#: changes a few settings and nothing else, so it cannot drift from the declarations
+PRESETS: dict[str, dict[str, Any]] = {
+    # `featsmooth demo --fast`: a smoke test (loose bounds)
+    "demo-fast": {"n0": 8, "n": 32, "batch_size": 40, "tune": False},
+    # `evaluate`: the source paper's targeted protocol, linf 16/255, 300 steps of 1/255
+    # (give --target-image; a ``target=CLASS`` in each spec sets the success classes)
+    "paper": {
+        "attacks": [f"{name}:linf:16/255:steps=300:step_size=1/255" for name in PAPER_ATTACKS]
+    },
 }
 
 
@@ -425,62 +600,19 @@ def _convert(name: str, hint: Any, value: Any, source: str) -> Any:
         raise InputError(f"{where} must be of type {kind}, got {_repr(value)}") from None
 
 
-def _positive(cfg: Any, *names: str, allow_zero: bool = False) -> None:
-    for name in names:
-        value = getattr(cfg, name, None)
-        if value is None:
-            continue
-        if value < 0 or (value == 0 and not allow_zero):
-            bound = ">= 0" if allow_zero else "> 0"
-            raise InputError(f"{name.replace('_', '-')} must be {bound}, got {value!r}")
-
-
 def validate(cfg: Any) -> Any:
-    """Check the values of a settings object; raises InputError on the first bad one."""
-    if hasattr(cfg, "sigma"):
-        _positive(cfg, "sigma")
-        if cfg.sigma > 10:
-            raise InputError(
-                f"sigma = {cfg.sigma:g} is not a plausible noise level for [0,1] images "
-                "(pixel units; typical 0.12-0.5)"
-            )
-    _positive(cfg, "n0", "n", "batch_size", "size", "steps", "restarts", "top_k", "eot")
-    _positive(cfg, "judge_draws", "draws_per_image", "lr", "tolerance", "target_radius")
-    _positive(cfg, "check_draws", "attack_batch_size", "workers", "crops")
-    _positive(cfg, "pretrain_steps", "val_every", allow_zero=True)
-    if getattr(cfg, "sigma_sampling", "set") not in ("set", "uniform"):
-        raise InputError(f"sigma-sampling must be set or uniform, got {cfg.sigma_sampling!r}")
-    if getattr(cfg, "check_alpha", None) is not None and not 0.0 < cfg.check_alpha < 1.0:
-        raise InputError(f"check-alpha must lie strictly between 0 and 1, got {cfg.check_alpha!r}")
-    if getattr(cfg, "alpha", None) is not None and not 0.0 < cfg.alpha < 1.0:
-        raise InputError(f"alpha must lie strictly between 0 and 1, got {cfg.alpha!r}")
-    if getattr(cfg, "method", None) is not None:
-        from featsmooth import bounds
+    """Check a settings object: each field against its declared constraint (messages name
+    the setting), then the rules that join several settings and the memory needed.
 
-        bounds.get_method(cfg.method)  # a clear InputError for an unknown name
-    for name in ("radii", "eps", "sigmas"):
-        values = getattr(cfg, name, None)
-        if values is not None and any(v < 0 for v in values):
-            raise InputError(f"{name} must be >= 0, got {values}")
-    if getattr(cfg, "sigmas", None) is not None and any(v <= 0 for v in cfg.sigmas):
-        raise InputError(f"sigmas must be > 0, got {cfg.sigmas}")
-    if getattr(cfg, "dtype", None) is not None and cfg.dtype not in DTYPES:
-        raise InputError(f"unknown dtype {cfg.dtype!r}; choose one of {', '.join(DTYPES)}")
-    if getattr(cfg, "task", None) is not None and cfg.task not in TASKS:
-        raise InputError(f"unknown task {cfg.task!r}; choose one of {', '.join(TASKS)}")
+    Returns ``cfg``. Raises InputError on the first bad value.
+    """
+    check_declared(cfg)
     target_c = getattr(cfg, "target_cosine", None)
     target_r = getattr(cfg, "target_radius", None)
     if (target_c is None) != (target_r is None):
         raise InputError("give --target-cosine and --target-radius together")
-    if target_c is not None and not 0.0 <= target_c < 1.0:
-        raise InputError(f"target-cosine must lie in [0, 1), got {target_c!r}")
     if getattr(cfg, "images", None) is not None and getattr(cfg, "photos", False):
         raise InputError("give either --images or --photos, not both")
-    for name in ("run_dir", "out"):
-        folder = getattr(cfg, name, None)
-        if isinstance(folder, str) and os.path.exists(folder) and not os.path.isdir(folder):
-            flag = "--run-dir" if name == "run_dir" else "--out"
-            raise InputError(f"{flag} {folder} exists and is not a folder")
     check_memory(cfg)
     return cfg
 
@@ -561,15 +693,25 @@ def resolve(
     config_file: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     command: str | None = None,
+    preset: str | None = None,
 ) -> T:
-    """Settings of type ``cls``: defaults, then ``config_file``, then ``overrides``.
+    """Settings of type ``cls``: defaults, then ``preset`` (a name in :data:`PRESETS`),
+    then ``config_file``, then ``overrides``; validated (:func:`validate`).
 
-    ``overrides`` values that are ``None`` are ignored (flag not given). Unknown keys in
-    the file raise InputError listing the valid ones.
+    ``overrides`` values that are ``None`` are ignored (flag not given). A config file
+    accepts exactly the fields of ``cls``: unknown keys raise InputError listing the valid
+    ones, as does an unknown preset or one that sets a field ``cls`` lacks.
     """
     hints = get_type_hints(cls)
     names = [f.name for f in fields(cls)]
     values: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise InputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        for k, v in PRESETS[preset].items():
+            if k not in hints:
+                raise InputError(f"preset {preset!r} sets {k!r}, not a setting of this command")
+            values[k] = _convert(k, hints[k], v, f"preset {preset}")
     if config_file is not None:
         data = _section(load_config_file(config_file), command)
         unknown = sorted(set(data) - set(names))
@@ -609,7 +751,7 @@ def save_config(cfg: Any, folder: str | os.PathLike[str], command: str | None = 
     With ``command`` the settings are written as that command's section, so the file can
     be passed back with ``--config`` to repeat the run.
     """
-    from featsmooth.records import atomic_write_bytes
+    from featsmooth.files import atomic_write_bytes
 
     text = dump_yaml(cfg)
     if command is not None:
@@ -623,6 +765,8 @@ __all__ = [
     "COMMANDS",
     "CONFIG_FILE",
     "DTYPES",
+    "PAPER_ATTACKS",
+    "PRESETS",
     "TASKS",
     "AttackConfig",
     "CertifyConfig",
