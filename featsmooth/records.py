@@ -13,7 +13,7 @@ A *run folder* holds
   corruption and raises :class:`~featsmooth.errors.RecordError` naming the line number.
 * ``samples/<key>.npy`` (optional) — the raw per-sample projections ``<v, f(x + eps_i)>``
   of the certification draws of one input, so certificates can be recomputed offline at
-  another ``alpha`` or bound method (:func:`recompute_certificates`). Other named sample
+  another ``alpha`` or bound method (:func:`featsmooth.recompute.recompute_certificates`). Other named sample
   arrays go to ``samples/<name>/<key>.npy`` (``"clean"``: projections ``<f(x), f(x+eps_i)>``
   on the clean feature). ``<key>`` is the record key, percent-encoded to a safe file name.
 
@@ -33,44 +33,9 @@ strings. **NaN is stored as ``null``** (featsmooth uses NaN for "no certificate"
 S = 1). :func:`as_float` maps all of these back to floats. Integers beyond 2**53 (e.g.
 derived seeds) are exact in Python but not in JavaScript readers.
 
-Record schema (one JSON object per input; every field except ``key`` may be missing, and
-readers such as :mod:`featsmooth.report` must cope with that)::
-
-    key                      str|int  unique id of the input in this run (resume unit)
-    image                    str      image name or path as given by the user
-    sha256                   str      SHA-256 of the image file's bytes: a resumed run
-                                      refuses an image replaced under the same name
-    model                    str      encoder name
-    sigma                    float    noise level, pixel units of [0, 1] images
-    n0                       int      samples used to choose the direction v
-    n_used                   int      certification samples actually drawn (<= n)
-    alpha                    float    failure probability of the certificate
-    method                   str      confidence bound: "betting" | "bernstein" | "hoeffding"
-    stop_reason              str      why sampling stopped (sequential certification)
-    score_estimate           float    Monte-Carlo estimate of S = ||f_hat(x)||
-    score_lower              float    lower confidence bound S_low (level 1 - alpha)
-    clean_score_lower        float    lower bound on S_c = E cos(f(x + eps), f(x))
-    clean_smoothed_cosine    float    cos(f(x), f_hat(x)) estimate
-    radii                    [float]  l2 radii (pixel units) of the per-radius fields below
-    fcsb                     [float|null]  certified cosine cos(f_hat(x), f_hat(x+delta))
-                                      at each radius; null = no certificate
-    fcsb_clean               [float|null]  certified cos(f(x), f_hat(x+delta)) per radius
-    certified_radius_cos50   float|null    radius keeping the certified cosine >= 0.5
-    label                    int      true class (zero-shot classification)
-    prediction               int      smoothed prediction, -1 = abstain
-    clean_prediction         int      prediction of the base encoder on the clean input
-    fcsb_prediction, cohen_prediction  int   predictions of the other two certificates
-    margin_radius, fcsb_radius, cohen_radius  float|null  certified l2 radius of the
-                                      prediction by the pairwise-margin, FCSB-cone and
-                                      Cohen hard-vote certificates; null = abstain
-    seconds                  float    wall-clock time spent on this input
-    # attack records
-    setting                  str      "vanilla" | "fs" | "fs+plugin" | ...
-    attack                   str      attack name ("pgd", "apgd", "mf-ii", ...)
-    eps                      float    budget in pixel units of [0, 1] images
-    norm                     str      "l2" | "linf"
-    success                  bool     attack succeeded (judged over fresh noise draws)
-    adv_cosine               float    cosine between clean and adversarial features
+Record schema: one JSON object per line, each field name with one meaning in every kind of
+record; the table of all fields, the format version and the reader of older formats are in
+:mod:`featsmooth.schema`.
 """
 
 from __future__ import annotations
@@ -79,10 +44,10 @@ import contextlib
 import dataclasses
 import datetime as _dt
 import enum
+import io
 import json
 import math
 import os
-import tempfile
 import urllib.parse
 import warnings
 from collections.abc import Iterable, Mapping
@@ -92,6 +57,8 @@ from typing import Any
 import numpy as np
 
 from featsmooth.errors import InputError, RecordError
+from featsmooth.files import atomic_write_bytes, content_digest, write_error
+from featsmooth.schema import RECORD_FORMAT, upgrade_record
 
 try:  # POSIX advisory locks: released by the kernel when the process dies
     import fcntl
@@ -128,25 +95,9 @@ VOLATILE_KEYS: frozenset[str] = frozenset(
         "workers",
         "num_workers",
         "recomputed_from",
+        "record_format",
     }
 )
-
-#: Record fields that depend on alpha/method and are dropped when only the smoothed-reference
-#: certificate can be recomputed (see :func:`recompute_certificates`).
-_ALPHA_DEPENDENT = (
-    "clean_score_lower",
-    "fcsb_clean",
-    "prediction",
-    "fcsb_prediction",
-    "cohen_prediction",
-    "margin_radius",
-    "fcsb_radius",
-    "cohen_radius",
-)
-
-#: ``stop_reason`` values of :meth:`featsmooth.SmoothedEncoder.certify` that mean the sample
-#: size was chosen by looking at the data (sequential mode).
-_SEQUENTIAL_STOPS = frozenset({"tolerance", "target_reached", "target_unreachable"})
 
 
 class RecordWarning(UserWarning):
@@ -235,78 +186,13 @@ def _json_bytes(obj: Any, indent: int | None = None) -> bytes:
         return json.dumps(obj, allow_nan=False, ensure_ascii=True, indent=indent).encode("ascii")
 
 
-def write_error(folder: str | os.PathLike[str], exc: OSError) -> RecordError:
-    """A :class:`RecordError` (one line, with a hint) for a failed write in a run folder."""
-    import errno
-
-    reason = exc.strerror or str(exc)
-    error = RecordError(f"cannot write to the run folder {folder}: {reason}")
-    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-        error.hint = (  # type: ignore[attr-defined]
-            "free some disk space and rerun the same command: the records written so far "
-            "are kept and the run resumes"
-        )
-    else:
-        error.hint = (  # type: ignore[attr-defined]
-            "make the folder writable or choose another --run-dir; the records written so "
-            "far are kept"
-        )
-    return error
-
-
 # --------------------------------------------------------------------------------------
 # Files
-
-
-def _fsync_dir(path: Path) -> None:
-    """Make a rename durable (POSIX); a no-op where directories cannot be opened."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically: temporary file in the same folder + replace."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600: readable like the records
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     """Write ``obj`` as indented JSON (via :func:`to_jsonable`) atomically."""
     atomic_write_bytes(path, _json_bytes(to_jsonable(obj), indent=2) + b"\n")
-
-
-def content_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 (hex) of a file's bytes: the ``sha256`` field of an image's record."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _records_path(run_dir: str | os.PathLike[str]) -> Path:
@@ -329,6 +215,12 @@ def read_settings(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         raise RecordError(f"{path} is not valid JSON ({exc}); restore it or rerun") from None
     if not isinstance(data, dict):
         raise RecordError(f"{path} must hold a JSON object")
+    version = data.get("record_format", 1)
+    if not isinstance(version, int) or version > RECORD_FORMAT:
+        raise RecordError(
+            f"{run_dir} holds records of format {version!r}, written by a newer featsmooth; "
+            f"this version reads formats 1 to {RECORD_FORMAT}: upgrade featsmooth"
+        )
     return data
 
 
@@ -359,7 +251,7 @@ def _scan(data: bytes, source: str) -> tuple[list[dict[str, Any]], int, int | No
                     f"{source}: line {i + 1} is corrupt ({reason}); only a killed run's last "
                     "line can be repaired: fix or remove that line, or start a new run folder"
                 ) from None
-            records.append(obj)
+            records.append(upgrade_record(obj))
         good_end = end
         offset = end
     return records, good_end, None
@@ -375,6 +267,8 @@ def read_records(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
         RecordError: a line other than the last cannot be parsed (message names the line).
     """
     path = _records_path(run_dir)
+    if (path.parent / SETTINGS_FILE).is_file():
+        read_settings(path.parent)  # refuses a format newer than this version reads
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -479,18 +373,9 @@ def save_samples(
     if array.dtype == object:
         raise InputError("samples must be a numeric array")
     path = sample_path(run_dir, key, name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".samples.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.save(fh, array, allow_pickle=False)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
@@ -575,7 +460,7 @@ class RunWriter:
         self.volatile = frozenset(volatile)
         self._environment = environment
         self._fh: Any = None
-        self._done: set[Any] = set()
+        self._done: dict[Any, dict[str, Any]] = {}  # key -> its stored record
         self.records: list[dict[str, Any]] = []
         self.resumed = False
 
@@ -632,7 +517,7 @@ class RunWriter:
             if good_end > 0 and not data[:good_end].endswith(b"\n"):
                 fh.write(b"\n")  # a complete last record whose newline was lost
             self.records = records
-            self._done = {self._key_of(r) for r in records if self.key_field in r}
+            self._done = {self._key_of(r): r for r in records if self.key_field in r}
             self.resumed = resuming
             self._write_settings(saved if resuming else None)
         except OSError as exc:
@@ -678,6 +563,10 @@ class RunWriter:
     def __len__(self) -> int:
         return len(self.records)
 
+    def stored(self, key: Any) -> dict[str, Any] | None:
+        """The record written under ``key`` (now or by an earlier run), or None."""
+        return self._done.get(self._key_of({self.key_field: to_jsonable(key)}))
+
     def write(self, record: Mapping[str, Any]) -> dict[str, Any]:
         """Append one record (converted by :func:`to_jsonable`), flushed and fsync'ed.
 
@@ -706,7 +595,7 @@ class RunWriter:
                 self._fh.truncate(start)
                 self._fh.seek(start)
             raise write_error(self.run_dir, exc) from None
-        self._done.add(key)
+        self._done[key] = stored
         self.records.append(stored)
         return stored
 
@@ -786,6 +675,7 @@ class RunWriter:
         env = environment_info(self.settings.get("device")) if self._environment else None
         if saved is None:
             settings = dict(self.settings)
+            settings.setdefault("record_format", RECORD_FORMAT)
             settings.setdefault("created", _utc_now())
             if env is not None:
                 settings.setdefault("environment", env)
@@ -818,132 +708,6 @@ class RunWriter:
                 sub.rmdir()
 
 
-# --------------------------------------------------------------------------------------
-# Offline recomputation
-
-
-def recompute_certificates(
-    run_dir: str | os.PathLike[str],
-    alpha: float,
-    method: str,
-    *,
-    radii: Iterable[float] | None = None,
-    out_dir: str | os.PathLike[str] | None = None,
-) -> list[dict[str, Any]]:
-    """Recompute the certificates of a run at another ``alpha`` / bound ``method``.
-
-    Reads the stored per-sample projections ``samples/<key>.npy`` (values in [-1, 1] whose
-    mean lower-bounds S) and recomputes ``score_lower`` with
-    :func:`featsmooth.bounds.mean_lower_bound`, ``fcsb`` at each radius with
-    :func:`featsmooth.bounds.fcsb` and ``certified_radius_cos50``. If clean-reference
-    samples (``samples/clean/<key>.npy``) exist, ``clean_score_lower`` and ``fcsb_clean``
-    are recomputed too; otherwise, and for the prediction certificates, the stale
-    alpha-dependent fields are removed from the returned records. Records without stored
-    samples are skipped (one :class:`RecordWarning` says how many).
-
-    Validity. Each recomputed certificate holds at level ``1 - alpha`` on its own, but
-    trying several alphas/methods and reporting the best is multiple testing: choose them
-    before looking. Where sampling stopped early (``n_used < n``) only ``"betting"`` is
-    valid (anytime-valid); Hoeffding/Bernstein on an optionally stopped sample are not,
-    and a warning says so. The betting bound uses the bet schedule of
-    :meth:`featsmooth.SmoothedEncoder.certify`: tuned to the run's ``n`` for fixed-size
-    runs, the anytime schedule for sequential ones (``tolerance``/``target`` set, or a
-    sequential ``stop_reason``), so recomputing at the run's own alpha and method
-    reproduces its ``score_lower``.
-
-    Args:
-        run_dir: run folder written with sample storage.
-        alpha: new failure probability; method: ``"betting"|"bernstein"|"hoeffding"``.
-        radii: radii to certify (default: each record's ``radii``, else the settings').
-        out_dir: if given, also write the recomputed records as a new run folder there
-            (settings updated with the new alpha/method and ``recomputed_from``).
-
-    Returns:
-        The recomputed records (JSON-safe dicts), in file order.
-    """
-    from featsmooth import bounds
-
-    settings = read_settings(run_dir)
-    records = read_records(run_dir)
-    sequential = settings.get("tolerance") is not None or settings.get("target") is not None
-    n_setting = as_float(settings.get("n"))
-    n_max = int(n_setting) if math.isfinite(n_setting) else 0
-    fixed_radii = None if radii is None else [float(r) for r in radii]
-    out: list[dict[str, Any]] = []
-    missing = stopped = 0
-    for record in records:
-        key = record.get("key")
-        if key is None or not sample_path(run_dir, key).exists():
-            missing += 1
-            continue
-        values = np.asarray(load_samples(run_dir, key), dtype=np.float64).ravel()
-        sigma = as_float(record.get("sigma", settings.get("sigma")))
-        if not math.isfinite(sigma) or sigma <= 0:
-            raise RecordError(f"record {key!r}: no valid sigma in the record or the settings")
-        r = fixed_radii if fixed_radii is not None else record.get("radii", settings.get("radii"))
-        r = [float(x) for x in (r or [])]
-        early = bool(n_max) and values.size < n_max
-        stopped += early
-        seq = sequential or early or record.get("stop_reason") in _SEQUENTIAL_STOPS
-        # the bet schedule the original run used: anytime after a data-chosen stop, else
-        # tuned to the n fixed before sampling (ignored by the fixed-n methods)
-        kwargs: dict[str, Any] = {"horizon": None if seq else max(n_max, values.size)}
-        s_low = float(bounds.mean_lower_bound(values, alpha, method, **kwargs))
-        new = {k: v for k, v in record.items() if k not in _ALPHA_DEPENDENT}
-        new.update(alpha=float(alpha), method=method, n_used=int(values.size))
-        new["score_lower"] = s_low
-        new["radii"] = r
-        new["fcsb"] = np.asarray(bounds.fcsb(s_low, r, sigma), dtype=np.float64).tolist()
-        new["certified_radius_cos50"] = float(bounds.certified_radius(s_low, 0.5, sigma))
-        clean_path = sample_path(run_dir, key, "clean")
-        if clean_path.exists():
-            clean = np.asarray(load_samples(run_dir, key, "clean"), dtype=np.float64).ravel()
-            c_low = float(bounds.mean_lower_bound(clean, alpha, method, **kwargs))
-            new["clean_score_lower"] = c_low
-            new["fcsb_clean"] = np.asarray(bounds.fcsb(c_low, r, sigma)).tolist()
-        new["recomputed"] = True
-        out.append(to_jsonable(new))
-    if records and missing == len(records):
-        error = RecordError(f"{run_dir}: no record has stored samples, nothing to recompute")
-        error.hint = "certify with --keep-samples (keep_samples=True) to store them"  # type: ignore[attr-defined]
-        raise error
-    if missing:
-        warnings.warn(
-            f"{run_dir}: {missing} of {len(records)} records have no stored samples "
-            "and were not recomputed",
-            RecordWarning,
-            stacklevel=2,
-        )
-    if stopped and not bounds.get_method(method).anytime_valid:
-        warnings.warn(
-            f"{run_dir}: {stopped} records stopped sampling early (n_used < n); a {method} "
-            "bound is not valid after optional stopping: use method="
-            + " or ".join(repr(m) for m in bounds.anytime_methods()),
-            RecordWarning,
-            stacklevel=2,
-        )
-    if out_dir is not None:
-        new_settings = dict(settings)
-        for key in ("environment", "created", "resumed"):
-            new_settings.pop(key, None)
-        new_settings.update(
-            alpha=float(alpha),
-            method=method,
-            recomputed_from={
-                "run": str(run_dir),
-                "alpha": settings.get("alpha"),
-                "method": settings.get("method"),
-            },
-        )
-        if fixed_radii is not None:
-            new_settings["radii"] = fixed_radii
-        with RunWriter(out_dir, new_settings) as writer:
-            for record in out:
-                if writer._key_of(record) not in writer.done_keys():
-                    writer.write(record)
-    return out
-
-
 __all__ = [
     "DEFAULT_SAMPLES",
     "RECORDS_FILE",
@@ -960,7 +724,6 @@ __all__ = [
     "load_samples",
     "read_records",
     "read_settings",
-    "recompute_certificates",
     "sample_path",
     "save_samples",
     "settings_differences",

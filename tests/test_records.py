@@ -14,6 +14,7 @@ from scipy import stats
 
 from featsmooth import bounds
 from featsmooth.errors import InputError, RecordError
+from featsmooth.recompute import recompute_certificates
 from featsmooth.records import (
     RECORDS_FILE,
     SETTINGS_FILE,
@@ -23,11 +24,11 @@ from featsmooth.records import (
     load_samples,
     read_records,
     read_settings,
-    recompute_certificates,
     sample_path,
     settings_differences,
     to_jsonable,
 )
+from featsmooth.schema import RECORD_FORMAT, documented_fields, undocumented_fields
 from featsmooth.versions import environment_info
 
 SETTINGS = {
@@ -416,3 +417,71 @@ def test_non_utf8_keys_round_trip(tmp_path):
         assert key in run  # resumed: the key read back is the key given
     assert load_samples(tmp_path, key).tolist() == [1.0, 1.0, 1.0]
     assert sample_path(tmp_path, key).name == "caf%E9.png.npy"
+
+
+# ------------------------------------------------------------------ record format
+
+
+def test_format_1_records_are_upgraded_on_read(tmp_path):
+    """Format 1 (no ``record_format`` in the settings): evaluate's attack records said
+    ``clean_*`` for the unattacked output and its certificate records ``estimate``."""
+    run = tmp_path / "v1"
+    run.mkdir()
+    (run / "settings.json").write_text(json.dumps({"command": "evaluate"}))
+    old = [
+        {"key": ["a", "fs", "pgd"], "kind": "attack", "clean_prediction": 1, "clean_score": 1.0,
+         "clean_objective": -1.0, "adv_prediction": 2},
+        {"key": ["a", "fs"], "kind": "certificate", "estimate": 1, "clean_prediction": 1},
+        {"key": "b", "clean_prediction": 3, "score_lower": 0.5},
+    ]  # fmt: skip
+    (run / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in old))
+    attack, cert, plain = read_records(run)
+    assert attack == {"key": ["a", "fs", "pgd"], "kind": "attack", "unattacked_prediction": 1,
+                      "unattacked_score": 1.0, "unattacked_objective": -1.0,
+                      "adv_prediction": 2}  # fmt: skip
+    assert cert == {"key": ["a", "fs"], "kind": "certificate", "smoothed_prediction": 1,
+                    "clean_prediction": 1}  # fmt: skip
+    assert plain == old[2]  # certify's records kept their names
+    # a format-1 run resumes; what it holds is read as format 2
+    with RunWriter(run, {"command": "evaluate"}, environment=False) as w:
+        assert w.stored(["a", "fs", "pgd"])["unattacked_score"] == 1.0
+        w.write({"key": "c", "score_lower": 0.7})
+    assert len(read_records(run)) == 4
+
+
+def test_new_runs_record_their_format_and_a_newer_one_is_refused(tmp_path):
+    run = tmp_path / "run"
+    with RunWriter(run, {"command": "certify"}, environment=False) as w:
+        w.write({"key": "a"})
+    settings = json.loads((run / "settings.json").read_text())
+    assert settings["record_format"] == RECORD_FORMAT
+    settings["record_format"] = RECORD_FORMAT + 1
+    (run / "settings.json").write_text(json.dumps(settings))
+    for action in (
+        lambda: read_records(run),
+        lambda: RunWriter(run, {"command": "certify"}).open(),
+    ):
+        with pytest.raises(RecordError, match=f"format {RECORD_FORMAT + 1}.*upgrade featsmooth"):
+            action()
+
+
+def test_field_table_covers_certify_records():
+    """Every field the one record builder writes (feature and prediction certificates) is
+    in the schema table, and the table has no field twice."""
+    from featsmooth.certificates import Certificate, PredictionCertificate
+    from featsmooth.runloop import certificate_record
+
+    feat = Certificate(0.25, 0.001, "betting", 8, 100, 0.9, 0.8, 0.9, 0.8, 0.99)
+    pred = PredictionCertificate(
+        0.25, 0.001, "betting", 8, 100, 1, 1, 0.3, 1, 0.2, 1, 0.4, 1, 0.8, features=feat
+    )
+    names = ["cat", "dog"]
+    for cert in (feat, pred):
+        record = certificate_record(
+            cert, key="x.png", index=0, image="x.png", model="m", radii=[0.1], seconds=1.0,
+            content={"sha256": "0" * 64}, class_names=names, label=1,
+        )  # fmt: skip
+        assert undocumented_fields(record) == []
+    assert record["clean_prediction_name"] == "dog" and record["correct"] is True
+    documented = documented_fields()
+    assert len(documented) == len(set(documented))
