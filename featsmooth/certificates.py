@@ -14,6 +14,7 @@ the certification run (each reference is a separate statement at that level).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -99,6 +100,22 @@ class Certificate:
         data = {k: v for k, v in asdict(self).items() if k not in ("direction", "samples")}
         return {k: _nan_to_none(v) for k, v in data.items()}
 
+    def to_record(self, radii: Sequence[float]) -> dict[str, Any]:
+        """The record fields of this certificate (:meth:`to_dict`) plus, at each l2 radius of
+        ``radii``, the certified cosine of both references (``fcsb``, ``fcsb_clean``; None:
+        no certificate) and the radius that keeps the smoothed cosine at 0.5
+        (``certified_radius_cos50``)."""
+        radii = [float(r) for r in radii]
+        return {
+            **self.to_dict(),
+            "radii": radii,
+            "fcsb": [_nan_to_none(float(v)) for v in self.fcsb(radii)] if radii else [],
+            "fcsb_clean": (
+                [_nan_to_none(float(v)) for v in self.fcsb(radii, "clean")] if radii else []
+            ),
+            "certified_radius_cos50": _nan_to_none(self.certified_radius(0.5)),
+        }
+
 
 @dataclass
 class PredictionCertificate:
@@ -160,3 +177,40 @@ class PredictionCertificate:
         """JSON-ready fields (NaN becomes None; the feature certificate is left out)."""
         data = {k: v for k, v in asdict(self).items() if k != "features"}
         return {k: _nan_to_none(v) for k, v in data.items()}
+
+    def to_record(
+        self,
+        names: Sequence[str] | None,
+        label: int | None,
+        acceptable: Sequence[int] = (),
+    ) -> dict[str, Any]:
+        """The prediction fields of a certificate record: the image's ``label`` and the
+        ``acceptable`` classes (counted as correct), the ``smoothed_prediction`` (the
+        Monte-Carlo estimate, uncertified), the certified ``prediction`` of each method
+        with its radius (None: abstain), the ``clean_prediction`` of the unsmoothed encoder
+        on the clean image; with class ``names``, a ``*_name`` field beside each class
+        index; ``correct`` and ``clean_correct`` where ``acceptable`` is known."""
+        classes = {
+            "label": label,
+            "smoothed_prediction": self.estimate,
+            "prediction": self.prediction,
+            "clean_prediction": self.clean_prediction,
+        }
+        out: dict[str, Any] = {}
+        for field_name, index in classes.items():
+            out[field_name] = index
+            if names is not None:
+                known = index is not None and 0 <= index < len(names)
+                out[f"{field_name}_name"] = names[index] if known else None
+        out.update(
+            acceptable=list(acceptable),
+            fcsb_prediction=self.fcsb_prediction,
+            cohen_prediction=self.cohen_prediction,
+            margin_radius=_nan_to_none(self.margin_radius),
+            fcsb_radius=_nan_to_none(self.fcsb_radius),
+            cohen_radius=_nan_to_none(self.cohen_radius),
+        )
+        if acceptable:
+            out["correct"] = self.prediction in acceptable
+            out["clean_correct"] = self.clean_prediction in acceptable
+        return out

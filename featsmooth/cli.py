@@ -12,9 +12,10 @@ written so far intact (rerun the same command to resume).
 
 from __future__ import annotations
 
-import math
+import inspect
 import os
 import sys
+import typing
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -23,11 +24,26 @@ from typing import Annotated, Any
 try:
     import click
     import typer
-    from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
 
     from featsmooth import config as C
+    from featsmooth import settings as S
+    from featsmooth.cli_output import (
+        _num,
+        _on_attack_record,
+        _on_config,
+        _on_cost,
+        _on_record,
+        _on_start,
+        _on_tuning,
+        _starting,
+        err,
+        evaluation_table,
+        out,
+        print_config,
+        print_run,
+    )
     from featsmooth.errors import FeatsmoothError
 except KeyboardInterrupt:  # Ctrl-C while the command starts: one line, no traceback
     sys.stderr.write("interrupted while starting; nothing was written\n")
@@ -56,8 +72,6 @@ def _click_exception_classes() -> tuple[tuple[type, ...], tuple[type, ...], tupl
 _CLICK_ERRORS, _CLICK_EXITS, _ABORTS = _click_exception_classes()
 
 _state: dict[str, Any] = {"debug": False, "command": None}
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
 
 app = typer.Typer(
     name="featsmooth",
@@ -74,233 +88,99 @@ app = typer.Typer(
 
 
 # --------------------------------------------------------------------------------------
-# Shared options
+# Options generated from the settings declarations (featsmooth.settings, featsmooth.config)
 
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="YAML or TOML settings file; flags given here win over it."),
 ]
-SigmaOpt = Annotated[float | None, typer.Option(help="Noise level in pixel units of [0,1] images.")]
-N0Opt = Annotated[int | None, typer.Option("--n0", help="Samples that choose the direction v.")]
-AlphaOpt = Annotated[float | None, typer.Option(help="Failure probability of each certificate.")]
-MethodOpt = Annotated[
-    str | None,
-    typer.Option(help="Confidence bound: betting | bernstein | hoeffding."),
-]
-RadiiOpt = Annotated[
-    str | None,
-    typer.Option(help="l2 radii (pixel units) to certify, comma-separated."),
-]
-BatchOpt = Annotated[int | None, typer.Option(help="Noisy images per forward pass.")]
-SeedOpt = Annotated[int | None, typer.Option(help="Run seed (each image gets its own stream).")]
-DeviceOpt = Annotated[
-    str | None, typer.Option(help="torch device: cpu, cuda, cuda:1, mps. [default: the model's]")
-]
-DtypeOpt = Annotated[
-    str | None, typer.Option(help="Model input dtype: float32 | bfloat16 | float16.")
-]
-SizeOpt = Annotated[
-    int | None,
-    typer.Option(help="Side of the square images (centre crop + resize). [default: the model's]"),
-]
-ClassesOpt = Annotated[
-    str | None,
-    typer.Option(
-        help="Zero-shot class names: comma-separated or a text file, one per line. "
-        "[default: ImageNet-1k for text-image models]"
-    ),
-]
-ProgressOpt = Annotated[
-    bool | None, typer.Option("--progress/--no-progress", help="Show progress bars.")
-]
-TuneOpt = Annotated[
-    bool | None,
-    typer.Option(
-        "--tune/--no-tune",
-        help="Measure the fastest batch size and dtype for this encoder and device (a short "
-        "warm-up, cached; bfloat16 only where its features agree with float32 ones) and use "
-        "them instead of --batch-size/--dtype.",
-    ),
-]
 
 
-def _on_tuning(tuning: Any) -> None:
-    out.print(f"[bold]tuned:[/bold] {escape(tuning.describe())}")
+def _cli_type(hint: Any) -> type:
+    """The command-line type of a settings field: lists stay text (``"0.1,0.25"``, converted
+    by :mod:`featsmooth.config`), ``X | None`` becomes ``X``."""
+    if typing.get_origin(hint) is list:
+        return str
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    return args[0] if args else hint
 
 
-RunDirOpt = Annotated[
-    str | None, typer.Option("--run-dir", help="Run folder for the records (resumed if it exists).")
-]
+def setting_help(spec: S.Setting, name: str, kind: type) -> str:
+    """The help of a declared setting: its text, its fixed choices and ``[default: X]``
+    with X rendered from the declared default (:meth:`featsmooth.settings.Setting.render`)."""
+    text = spec.help
+    if isinstance(spec.check, S.OneOf) and not callable(spec.check.choices):
+        text += f" Choices: {' | '.join(spec.check.choices)}."
+    shown = spec.render(name, kind)
+    return text if shown is None else f"{text} [default: {shown}]"
 
 
-def _given(**kwargs: Any) -> dict[str, Any]:
-    """Flags the user gave (typer passes ``None`` for the others)."""
-    return {k: v for k, v in kwargs.items() if v is not None}
-
-
-# --------------------------------------------------------------------------------------
-# Printing helpers
-
-
-def _num(value: Any, digits: int = 3) -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, str):
-        return value
-    v = float(value)
-    if math.isnan(v):
-        return "—"
-    if math.isinf(v):
-        return "∞"
-    return f"{v:.{digits}f}"
-
-
-def _radius(value: Any) -> str:
-    return (
-        "abstain"
-        if value is None or (isinstance(value, float) and math.isnan(value))
-        else (_num(value))
+def setting_option(spec: S.Setting, name: str, kind: type) -> Any:
+    """``Annotated[kind | None, typer.Option(...)]`` for a declared setting (``None``: not
+    given, so the config file or the declared default applies)."""
+    option = typer.Option(
+        spec.flags(name, kind), help=setting_help(spec, name, kind), show_default=False
     )
+    return Annotated[kind | None, option]
 
 
-def print_config(cfg: Any, title: str = "settings") -> None:
-    """Print the effective settings on one (wrapped) line; unset (null) ones are left out.
+def settings_command(
+    cls: type, *examples: str, name: str | None = None
+) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``fn`` as the command of the settings dataclass ``cls``, with an option for
+    each declared setting (in field order) and ``--config``; ``examples`` (command lines
+    without the leading ``featsmooth``) make the epilog.
 
-    The full YAML is saved beside the run as ``config.yaml`` (``--config`` accepts it)."""
-    items = [f"{k.replace('_', '-')}={v}" for k, v in C.to_dict(cfg).items() if v is not None]
-    out.print(f"[bold]{title}:[/bold] [dim]{escape(', '.join(items))}[/dim]", soft_wrap=True)
+    The setting ``model``, where declared, is the required first argument. ``fn``'s own
+    parameters (besides ``config`` and ``given``) follow, as it declares them. ``fn`` is
+    called with ``config`` (the ``--config`` path or ``None``) and ``given``: the settings
+    given on the command line, by field name, the arguments included (options not given
+    are left out).
+    """
 
-
-def _starting(what: str, doing: str, done_as: str) -> Callable[[int, int], None]:
-    """The ``on_start(done, todo)`` callback that announces a run: ``doing`` ``todo``
-    ``what``, or how many are already ``done_as`` when resuming."""
-
-    def on_start(done: int, todo: int) -> None:
-        if done:
-            out.print(f"resuming: {done} {what} already {done_as} in this run folder, {todo} to go")
-        else:
-            out.print(f"{doing} {todo} {what}")
-
-    return on_start
-
-
-_on_start = _starting("image(s)", "certifying", "certified")
-
-
-def _on_record(record: dict[str, Any], new: bool) -> None:
-    if not new:
-        return
-    pred = record.get("smoothed_prediction_name")
-    extra = f"  prediction {escape(str(pred))}" if pred is not None else ""
-    out.print(
-        f"[green]✓[/green] {escape(str(record['key']))}: S_low {_num(record.get('score_lower'))}"
-        f"{extra}  ({record.get('seconds', 0):.1f} s)",
-        soft_wrap=True,
-    )
-
-
-def certificate_table(records: list[dict[str, Any]], title: str | None = None) -> Table:
-    """Feature certificates, one row per image: S, S_low, FCSB per radius, radius for 0.5."""
-    radii = next((r.get("radii") for r in records if r.get("radii")), []) or []
-    table = Table(title=title, header_style="bold")
-    table.add_column("image", no_wrap=True)
-    table.add_column("S est", justify="right")
-    table.add_column("S_low", justify="right")
-    for r in radii:
-        table.add_column(f"FCSB\nr={r:g}", justify="right")
-    table.add_column("radius\ncos≥0.5", justify="right")
-    table.add_column("cos\n(f, f̂)", justify="right")
-    for rec in records:
-        row = [escape(str(rec.get("key")))]
-        row += [_num(rec.get("score_estimate")), _num(rec.get("score_lower"))]
-        fcsb = rec.get("fcsb") or []
-        row += [_num(fcsb[i] if i < len(fcsb) else None) for i in range(len(radii))]
-        row += [_num(rec.get("certified_radius_cos50")), _num(rec.get("clean_smoothed_cosine"))]
-        table.add_row(*row)
-    return table
-
-
-def prediction_table(records: list[dict[str, Any]], title: str | None = None) -> Table | None:
-    """Certified zero-shot predictions (None when the records have none)."""
-    if not any("margin_radius" in r for r in records):
-        return None
-    table = Table(title=title, header_style="bold")
-    table.add_column("image", no_wrap=True)
-    table.add_column("label")
-    table.add_column("smoothed\nprediction")
-    table.add_column("clean\nprediction")
-    for method in ("margin", "fcsb", "cohen"):
-        table.add_column(f"radius\n{method}", justify="right")
-    for rec in records:
-        name = rec.get("smoothed_prediction_name") or "—"
-        mark = ""
-        if rec.get("acceptable"):
-            ok = rec.get("smoothed_prediction") in rec["acceptable"]
-            mark = " [green]✓[/green]" if ok else " [red]✗[/red]"
-        table.add_row(
-            escape(str(rec.get("key"))),
-            escape(str(rec.get("label_name") or "—")),
-            escape(str(name)) + mark,
-            escape(str(rec.get("clean_prediction_name") or "—")),
-            *[_radius(rec.get(f"{m}_radius")) for m in ("margin", "fcsb", "cohen")],
-        )
-    return table
-
-
-def print_run(result: Any, *, max_rows: int = 40) -> None:
-    """The certificate table of a run (or a summary for many images) and what it means."""
-    records = result.records
-    cfg = result.config
-    if not records:
-        out.print("no records")
-        return
-    head = f"{result.model}, sigma = {cfg.sigma:g}, n = {cfg.n}, alpha = {cfg.alpha:g}"
-    if len(records) <= max_rows:
-        out.print(certificate_table(records, title=f"feature certificates ({head})"))
-        out.print(
-            f"S_low, FCSB and radius cos≥0.5 are certified, each with probability ≥ "
-            f"{1 - cfg.alpha:g} ({cfg.method} bound): FCSB r lower-bounds cos(f̂(x), f̂(x+δ)) "
-            "for every ‖δ‖₂ ≤ r (pixel units; — = no certificate); radius cos≥0.5 keeps it "
-            "≥ 0.5. S est and cos(f, f̂) (clean vs smoothed feature) are estimates.",
-            soft_wrap=True,
-        )
-        preds = prediction_table(records, title="certified zero-shot predictions")
-        if preds is not None:
-            out.print(preds)
-            out.print(
-                "radius margin / fcsb / cohen: certified l2 radius of the smoothed prediction by the "
-                "pairwise-margin, FCSB-cone and Cohen hard-vote certificates (same probability); "
-                "abstain = not certified. ✓/✗: smoothed prediction acceptable for the label.",
-                soft_wrap=True,
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        hints = typing.get_type_hints(cls)
+        declared = S.declared(cls)
+        arguments = ("model",) if "model" in declared else ()
+        own_hints = typing.get_type_hints(fn, include_extras=True)
+        own = [
+            p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=own_hints[p.name])
+            for p in inspect.signature(fn).parameters.values()
+            if p.name not in ("config", "given")
+        ]
+        keyword = inspect.Parameter.KEYWORD_ONLY
+        params = [
+            inspect.Parameter(
+                arg, keyword, annotation=Annotated[str, typer.Argument(help=declared[arg].help)]
             )
-    else:
-        _print_summary(records)
-    out.print(
-        f"records: {result.run_dir / 'records.jsonl'}  ({result.new} new, "
-        f"{result.skipped} resumed)  {result.seconds:.1f} s",
-        soft_wrap=True,
-    )
+            for arg in arguments
+        ]
+        params += own
+        taken = {p.name for p in params}
+        options = [
+            inspect.Parameter(
+                field, keyword, default=None, annotation=setting_option(spec, field, kind)
+            )
+            for field, spec in declared.items()
+            if spec.cli and field not in taken
+            for kind in [_cli_type(hints[field])]
+        ]
+        config = inspect.Parameter("config", keyword, default=None, annotation=ConfigOpt)
+        params += [*options, config]
+        names = [*arguments, *(p.name for p in options)]
 
+        def command(**values: Any) -> Any:
+            given = {k: v for k in names if (v := values.pop(k)) is not None}
+            return fn(**values, given=given)
 
-def _print_summary(records: list[dict[str, Any]]) -> None:
-    from statistics import fmean
+        command.__name__, command.__doc__ = fn.__name__, fn.__doc__
+        command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params}
+        epilog = "\n\n".join(f"Example: featsmooth {line}" for line in examples)
+        app.command(name, epilog=epilog)(command)
+        return fn
 
-    def mean(key: str) -> str:
-        vals = [r[key] for r in records if isinstance(r.get(key), (int, float))]
-        return _num(fmean(vals)) if vals else "—"
-
-    out.print(
-        f"{len(records)} images: mean S est {mean('score_estimate')}, mean S_low "
-        f"{mean('score_lower')}, mean cos(f,f̂) {mean('clean_smoothed_cosine')}"
-    )
-    radii = next((r.get("radii") for r in records if r.get("radii")), []) or []
-    for i, radius in enumerate(radii):
-        vals = [(r.get("fcsb") or [None] * len(radii))[i] for r in records]
-        have = [v for v in vals if v is not None]
-        out.print(
-            f"  r = {radius:g}: certified for {len(have)}/{len(vals)} images, mean FCSB "
-            f"(0 where none) {sum(have) / len(vals):.3f}"
-        )
+    return decorate
 
 
 # --------------------------------------------------------------------------------------
@@ -331,34 +211,31 @@ def _root(
     _state["debug"] = debug or bool(os.environ.get("FEATSMOOTH_DEBUG"))
 
 
-@app.command(
-    epilog="Example: featsmooth demo          (9 photos, n0 16 + n 300 noise draws each)\n\n"
-    "Example: featsmooth demo --fast   (2 photos, few samples: a smoke test)"
+def _preset_text(name: str) -> str:
+    """``n0=8, n=32, ...``: what the preset ``name`` of :data:`featsmooth.config.PRESETS` sets."""
+    return ", ".join(f"{S.dashed(k)}={v}" for k, v in C.PRESETS[name].items())
+
+
+_DEMO = C.DemoConfig()
+
+
+@settings_command(
+    C.DemoConfig,
+    f"demo          (9 photos, n0 {_DEMO.n0} + n {_DEMO.n} noise draws each)",
+    "demo --fast   (2 photos, few samples: a smoke test)",
 )
 def demo(
     fast: Annotated[
-        bool, typer.Option("--fast", help="2 photos and few samples (loose bounds; a smoke test).")
-    ] = False,
-    sigma: SigmaOpt = None,
-    n0: Annotated[int | None, typer.Option("--n0", help="Direction samples.")] = None,
-    n: Annotated[int | None, typer.Option("--n", help="Certification samples.")] = None,
-    alpha: AlphaOpt = None,
-    method: MethodOpt = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    run_dir: Annotated[
-        str | None, typer.Option("--run-dir", help="Run folder. [default: runs/demo]")
-    ] = None,
-    config: ConfigOpt = None,
-    progress: ProgressOpt = None,
-    tune: Annotated[
-        bool | None,
+        bool,
         typer.Option(
-            "--tune/--no-tune",
-            help="Measure the fastest batch size and dtype first (a warm-up, cached).",
+            "--fast",
+            help=f"2 photos and the preset demo-fast ({_preset_text('demo-fast')}): loose "
+            "bounds, a smoke test. Flags given win over it.",
         ),
-    ] = None,
+    ] = False,
+    *,
+    config: Path | None,
+    given: dict[str, Any],
 ) -> None:
     """Certify the shipped photos with the offline zero-shot default model.
 
@@ -375,13 +252,11 @@ def demo(
         config_file=config,
         on_record=_on_record,
         on_start=_on_start,
-        on_config=lambda cfg: print_config(cfg),
+        on_config=_on_config,
         on_tuning=_on_tuning,
-        **_given(
-            sigma=sigma, n0=n0, n=n, alpha=alpha, method=method, batch_size=batch_size,
-            seed=seed, device=device, run_dir=run_dir, progress=progress, tune=tune,
-        ),
-    )  # fmt: skip
+        on_cost=_on_cost,
+        **given,
+    )
     for note in result.notes:
         err.print(f"[bold red]!!! {escape(note)}[/bold red]", soft_wrap=True)
     print_run(result)
@@ -396,88 +271,13 @@ def demo(
         err.print(f"[bold red]!!! {escape(note)}[/bold red]", soft_wrap=True)
 
 
-@app.command(
-    epilog="Example: featsmooth certify default --photos --sigma 0.25 --n 2000\n\n"
-    "Example: featsmooth certify synthetic-trig --images my_pngs/ --size 32 --keep-samples "
-    "--run-dir runs/trig\n\n"
-    "Example: featsmooth certify synthetic-trig --images my_pngs/ --ray --workers 4"
+@settings_command(
+    C.CertifyConfig,
+    "certify default --photos --sigma 0.25 --n 2000",
+    "certify synthetic-trig --images my_pngs/ --size 32 --keep-samples --run-dir runs/trig",
+    "certify synthetic-trig --images my_pngs/ --ray --workers 4",
 )
-def certify(
-    model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
-    images: Annotated[
-        str | None, typer.Option(help="Folder of images (searched recursively) or one image.")
-    ] = None,
-    photos: Annotated[
-        bool | None, typer.Option("--photos", help="Use the photos shipped with the packages.")
-    ] = None,
-    sigma: SigmaOpt = None,
-    n0: Annotated[int | None, typer.Option("--n0", help="Direction samples.")] = None,
-    n: Annotated[int | None, typer.Option("--n", help="Certification samples (maximum).")] = None,
-    alpha: AlphaOpt = None,
-    method: MethodOpt = None,
-    radii: RadiiOpt = None,
-    tolerance: Annotated[
-        float | None,
-        typer.Option(help="Stop an image once estimate − S_low ≤ this (betting bound only)."),
-    ] = None,
-    target_cosine: Annotated[
-        float | None,
-        typer.Option(
-            help="With --target-radius: stop once this cosine is certified (or cannot be)."
-        ),
-    ] = None,
-    target_radius: Annotated[
-        float | None, typer.Option(help="Radius of --target-cosine (pixel units).")
-    ] = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    size: SizeOpt = None,
-    center: Annotated[
-        bool | None,
-        typer.Option(
-            "--center/--no-center",
-            help="Subtract the mean feature of uniform-noise images before normalising.",
-        ),
-    ] = None,
-    keep_samples: Annotated[
-        bool | None,
-        typer.Option(
-            "--keep-samples", help="Store per-sample projections (for `featsmooth recompute`)."
-        ),
-    ] = None,
-    task: Annotated[
-        str | None,
-        typer.Option(help="auto | features | zero-shot (predictions need a text-image model)."),
-    ] = None,
-    classes: ClassesOpt = None,
-    plugin: Annotated[
-        str | None, typer.Option(help="Folder of a trained plug-in (purifier + mapper).")
-    ] = None,
-    run_dir: RunDirOpt = None,
-    config: ConfigOpt = None,
-    progress: ProgressOpt = None,
-    ray: Annotated[
-        bool | None,
-        typer.Option(
-            "--ray/--no-ray",
-            help="Spread the images over Ray workers (one encoder each; --task features "
-            "only). Same records as without it. Needs Ray: pip install 'ray>=2.9'",
-        ),
-    ] = None,
-    ray_address: Annotated[
-        str | None,
-        typer.Option(
-            "--ray-address", help="Existing Ray cluster (auto, ray://host:10001). [default: local]"
-        ),
-    ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="Ray workers. [default: one per GPU, else one per CPU]"),
-    ] = None,
-    tune: TuneOpt = None,
-) -> None:
+def certify(*, config: Path | None, given: dict[str, Any]) -> None:
     """Certify feature cosines (FCSB) and, for text-image models, zero-shot predictions.
 
     Writes one JSON record per image to RUN_DIR/records.jsonl as soon as it is done; the
@@ -487,46 +287,31 @@ def certify(
     from featsmooth import api
 
     result = api.certify(
-        model,
         config_file=config,
         on_record=_on_record,
         on_start=_on_start,
-        on_config=lambda cfg: print_config(cfg),
+        on_config=_on_config,
         on_tuning=_on_tuning,
-        **_given(
-            images=images, photos=photos, sigma=sigma, n0=n0, n=n, alpha=alpha, method=method,
-            radii=radii, tolerance=tolerance, target_cosine=target_cosine,
-            target_radius=target_radius, batch_size=batch_size, seed=seed, device=device,
-            dtype=dtype, size=size, center=center, keep_samples=keep_samples, task=task,
-            classes=classes, plugin=plugin, run_dir=run_dir, progress=progress, ray=ray,
-            ray_address=ray_address, workers=workers, tune=tune,
-        ),
-    )  # fmt: skip
+        on_cost=_on_cost,
+        **given,
+    )
     print_run(result)
 
 
-@app.command(epilog="Example: featsmooth predict default cat.jpg dog.png --sigma 0.25 --n 256")
+@settings_command(
+    C.PredictConfig,
+    "predict default cat.jpg dog.png --sigma 0.25 --n 256",
+)
 def predict(
-    model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
     images: Annotated[
         list[str] | None, typer.Argument(help="Image files or folders.", show_default=False)
     ] = None,
-    photos: Annotated[
-        bool | None, typer.Option("--photos", help="Use the shipped photos instead.")
-    ] = None,
-    sigma: SigmaOpt = None,
-    n: Annotated[int | None, typer.Option("--n", help="Noise draws per image.")] = None,
-    top_k: Annotated[int | None, typer.Option("--top-k", help="Classes to show.")] = None,
-    classes: ClassesOpt = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    size: SizeOpt = None,
     save: Annotated[
         Path | None, typer.Option(help="Save the smoothed features (N, k) to this .npy file.")
     ] = None,
-    config: ConfigOpt = None,
+    *,
+    config: Path | None,
+    given: dict[str, Any],
 ) -> None:
     """Smoothed feature (Monte-Carlo mean of noisy features) and zero-shot prediction.
 
@@ -534,15 +319,8 @@ def predict(
     """
     from featsmooth import api
 
-    rows = api.predict(
-        model,
-        images or None,
-        config_file=config,
-        **_given(
-            photos=photos, sigma=sigma, n=n, top_k=top_k, classes=classes,
-            batch_size=batch_size, seed=seed, device=device, dtype=dtype, size=size,
-        ),
-    )  # fmt: skip
+    rows = api.predict(images=images or None, config_file=config, **given)
+    model = given["model"]
     zero_shot = any("top" in r for r in rows)
     table = Table(header_style="bold", title=f"{model}: smoothed predictions (not certified)")
     table.add_column("image")
@@ -630,6 +408,9 @@ def report(
     out.print(f"wrote {count} file(s) to {out_dir}")
 
 
+RecomputeRadiiOpt = setting_option(C.RADII.but(None, default_text="the run's"), "radii", str)
+
+
 @app.command(
     epilog="Example: featsmooth recompute runs/trig --alpha 0.01 --method bernstein "
     "--out runs/trig-a01"
@@ -637,8 +418,8 @@ def report(
 def recompute(
     run: Annotated[str, typer.Argument(help="Run folder certified with --keep-samples.")],
     alpha: Annotated[float, typer.Option(help="New failure probability.")],
-    method: Annotated[str, typer.Option(help="betting | bernstein | hoeffding.")] = "betting",
-    radii: RadiiOpt = None,
+    method: Annotated[str, typer.Option(help=C.METHOD.help)] = C.METHOD.default,
+    radii: RecomputeRadiiOpt = None,
     out_dir: Annotated[
         Path | None, typer.Option("--out", help="Write the recomputed records as a new run here.")
     ] = None,
@@ -674,51 +455,12 @@ def recompute(
         out.print(f"wrote {len(new)} record(s) to {out_dir}")
 
 
-@app.command(
-    epilog="Example: featsmooth attack default --photos --norm l2 --eps 0.25,0.5 --steps 20 "
-    "--settings vanilla,fs --eot 8\n\n"
-    "Example: featsmooth attack default --photos --norm linf --eps 16/255 --attack apgd"
+@settings_command(
+    C.AttackConfig,
+    "attack default --photos --norm l2 --eps 0.25,0.5 --steps 20 --settings vanilla,fs --eot 8",
+    "attack default --photos --norm linf --eps 16/255 --attack apgd",
 )
-def attack(
-    model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
-    images: Annotated[str | None, typer.Option(help="Folder of images or one image.")] = None,
-    photos: Annotated[
-        bool | None, typer.Option("--photos", help="Use the photos shipped with the packages.")
-    ] = None,
-    attack_name: Annotated[
-        str | None, typer.Option("--attack", help="pgd | apgd. [default: pgd]")
-    ] = None,
-    norm: Annotated[str | None, typer.Option(help="l2 | linf.")] = None,
-    eps: Annotated[
-        str | None,
-        typer.Option(help="Budgets in pixel units, comma-separated; linf also k/255."),
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Attack steps.")] = None,
-    step_size: Annotated[float | None, typer.Option(help="Step size (pixel units).")] = None,
-    restarts: Annotated[int | None, typer.Option(help="Random restarts.")] = None,
-    settings: Annotated[
-        str | None,
-        typer.Option(help="vanilla, fs, fs+plugin (comma-separated)."),
-    ] = None,
-    sigma: SigmaOpt = None,
-    eot: Annotated[int | None, typer.Option(help="Noise draws per attack step (EoT).")] = None,
-    judge_draws: Annotated[
-        int | None,
-        typer.Option(help="Fresh noise draws judging each smoothed result."),
-    ] = None,
-    success_cosine: Annotated[
-        float | None,
-        typer.Option(help="An attack succeeds when the cosine drops below this."),
-    ] = None,
-    plugin: Annotated[str | None, typer.Option(help="Plug-in folder (for fs+plugin).")] = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    size: SizeOpt = None,
-    run_dir: RunDirOpt = None,
-    config: ConfigOpt = None,
-) -> None:
+def attack(*, config: Path | None, given: dict[str, Any]) -> None:
     """White-box attacks (PGD/APGD, EoT on smoothed encoders) that push features away.
 
     One record per image, setting and eps (resumable); ASR and cosines go into
@@ -727,19 +469,12 @@ def attack(
     from featsmooth import api
 
     result = api.attack(
-        model,
         config_file=config,
         on_record=_on_attack_record,
         on_start=_starting("attack job(s) (image x budget x setting)", "running", "done"),
-        on_config=lambda cfg: print_config(cfg),
-        **_given(
-            images=images, photos=photos, attack=attack_name, norm=norm, eps=eps, steps=steps,
-            step_size=step_size, restarts=restarts, settings=settings, sigma=sigma, eot=eot,
-            judge_draws=judge_draws, success_cosine=success_cosine, plugin=plugin,
-            batch_size=batch_size, seed=seed, device=device, dtype=dtype, size=size,
-            run_dir=run_dir,
-        ),
-    )  # fmt: skip
+        on_config=_on_config,
+        **given,
+    )
     table = Table(header_style="bold", title=f"attacks on {result.model} ({result.config.norm})")
     for col in ("setting", "eps", "images", "ASR", "mean adv cosine"):
         table.add_column(col, justify="left" if col == "setting" else "right")
@@ -759,82 +494,13 @@ def attack(
     out.print(f"records: {result.run_dir / 'records.jsonl'}", soft_wrap=True)
 
 
-def _on_attack_record(record: dict[str, Any], new: bool) -> None:
-    if new:
-        mark = "[red]broken[/red]" if record["success"] else "[green]held[/green]"
-        out.print(
-            f"{escape(str(record['image']))} {record['setting']} eps={record['eps']:.4g}: "
-            f"cosine {record['adv_cosine']:.3f} {mark}  ({record['seconds']:.1f} s)",
-            soft_wrap=True,
-        )
-
-
-@app.command(
-    epilog="Example: featsmooth evaluate default --photos --eps 0.25,0.5 --n 500 --steps 20 "
-    "--run-dir runs/eval\n\n"
-    "Example: featsmooth evaluate synthetic-trig --images pngs/ --attacks "
-    "'pgd:l2:0.5:steps=20;apgd:linf:4/255' --plugin plugins/trig"
+@settings_command(
+    C.EvaluateConfig,
+    "evaluate default --photos --eps 0.25,0.5 --n 500 --steps 20 --run-dir runs/eval",
+    "evaluate synthetic-trig --images pngs/ --attacks 'pgd:l2:0.5:steps=20;apgd:linf:4/255' "
+    "--plugin plugins/trig",
 )
-def evaluate(
-    model: Annotated[str, typer.Argument(help="Registry name, local model folder or hub id.")],
-    images: Annotated[str | None, typer.Option(help="Folder of images or one image.")] = None,
-    photos: Annotated[
-        bool | None, typer.Option("--photos", help="Use the photos shipped with the packages.")
-    ] = None,
-    attack_name: Annotated[
-        str | None, typer.Option("--attack", help="pgd | apgd. [default: pgd]")
-    ] = None,
-    norm: Annotated[str | None, typer.Option(help="l2 | linf.")] = None,
-    eps: Annotated[
-        str | None,
-        typer.Option(
-            help="Budgets (pixel units), comma-separated; linf also k/255. One attack each."
-        ),
-    ] = None,
-    steps: Annotated[int | None, typer.Option(help="Attack steps.")] = None,
-    step_size: Annotated[float | None, typer.Option(help="Step size (pixel units).")] = None,
-    restarts: Annotated[int | None, typer.Option(help="Random restarts.")] = None,
-    attacks: Annotated[
-        str | None,
-        typer.Option(
-            help="Full attack specs separated by ';' (e.g. pgd:l2:0.5:steps=20, or the "
-            "paper's mf-ii:linf:16/255:steps=300:target=shark); they replace "
-            "--attack/--norm/--eps/--steps."
-        ),
-    ] = None,
-    target_image: Annotated[
-        str | None,
-        typer.Option(help="Target image of the embedding-matching attacks (mf-ii, m-attack, foa)."),
-    ] = None,
-    plugin: Annotated[
-        str | None, typer.Option(help="Plug-in folder: adds the setting fs+plugin.")
-    ] = None,
-    sigma: SigmaOpt = None,
-    eot: Annotated[int | None, typer.Option(help="Noise draws per attack step (EoT).")] = None,
-    judge_draws: Annotated[
-        int | None, typer.Option(help="Fresh draws judging each smoothed result.")
-    ] = None,
-    n0: N0Opt = None,
-    n: Annotated[int | None, typer.Option("--n", help="Certification samples.")] = None,
-    alpha: AlphaOpt = None,
-    method: MethodOpt = None,
-    radii: Annotated[
-        str | None,
-        typer.Option(help="Radii of the certified table, comma-separated."),
-    ] = None,
-    check_draws: Annotated[
-        int | None, typer.Option(help="Fresh draws of the consistency check.")
-    ] = None,
-    classes: ClassesOpt = None,
-    task: Annotated[str | None, typer.Option(help="auto | features | zero-shot.")] = None,
-    batch_size: BatchOpt = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    size: SizeOpt = None,
-    run_dir: RunDirOpt = None,
-    config: ConfigOpt = None,
-    progress: ProgressOpt = None,
-) -> None:
+def evaluate(*, config: Path | None, given: dict[str, Any]) -> None:
     """Attack vanilla, smoothed (and plugged) encoders and check every certificate holds.
 
     Per setting and attack: clean and robust accuracy (feature-only models: 1 and the
@@ -852,24 +518,17 @@ def evaluate(
         print_config(cfg)
 
     result = api.evaluate(
-        model,
         config_file=config,
         on_config=on_config,
         on_progress=lambda line: out.print(escape(line), soft_wrap=True),
-        **_given(
-            images=images, photos=photos, attack=attack_name, norm=norm, eps=eps, steps=steps,
-            step_size=step_size, restarts=restarts, attacks=attacks, plugin=plugin,
-            target_image=target_image, sigma=sigma, eot=eot, judge_draws=judge_draws, n0=n0, n=n, alpha=alpha,
-            method=method, radii=radii, check_draws=check_draws, classes=classes, task=task,
-            batch_size=batch_size, seed=seed, device=device, size=size, run_dir=run_dir,
-            progress=progress,
-        ),
-    )  # fmt: skip
+        **given,
+    )
     cfg = seen["cfg"]
-    title = f"evaluation of {model} (sigma = {cfg.sigma:g})"
+    title = f"evaluation of {cfg.model} (sigma = {cfg.sigma:g})"
     out.print(evaluation_table(result.summary, title=title))
     out.print(
-        "clean / robust acc.: zero-shot accuracy before / after the attack (feature-only "
+        "unattacked / robust acc.: the setting's zero-shot accuracy before / after the attack "
+        "(feature-only "
         "models: 1 / adversarial cosine); smoothed settings are judged on fresh noise draws. "
         f"cert. cos: mean FCSB at the attack's l2 radius (probability ≥ {1 - cfg.alpha:g}; 0 "
         "where none). viol./checked: attacked inputs whose upper confidence bound fell "
@@ -889,91 +548,12 @@ def evaluate(
         raise typer.Exit(EXIT_VIOLATION)
 
 
-def evaluation_table(summary: list[dict[str, Any]], title: str | None = None) -> Table:
-    """The summary of :func:`featsmooth.evaluate.evaluate`: one row per (setting, attack)."""
-    from rich import box
-
-    table = Table(
-        title=title, header_style="bold", box=box.SIMPLE_HEAD, pad_edge=False,
-        collapse_padding=True,
-    )  # fmt: skip
-    table.add_column("setting", no_wrap=True)
-    table.add_column("attack", no_wrap=True)
-    for col in ("imgs", "clean\nacc.", "robust\nacc.", "ASR", "adv\ncos", "cert.\ncos"):
-        table.add_column(col, justify="right", no_wrap=True)
-    table.add_column("viol./\nchecked", justify="right", no_wrap=True)
-    for row in summary:
-        smoothed = row.get("certified_cosine") is not None or row.get("consistency_checked")
-        bad = row.get("consistency_violations") or 0
-        check = f"{bad}/{row.get('consistency_checked') or 0}"
-        table.add_row(
-            escape(str(row["setting"])),
-            escape(str(row["attack_id"])),
-            str(row["images"]),
-            _num(row.get("clean_score")),
-            _num(row.get("robust_score")),
-            _num(row.get("asr")),
-            _num(row.get("adv_cosine")),
-            _num(row.get("certified_cosine")),
-            (f"[red]{check}[/red]" if bad else f"[green]{check}[/green]") if smoothed else "—",
-        )
-    return table
-
-
-@app.command(
-    "train-plugin",
-    epilog="Example: featsmooth train-plugin default --photos --sigmas 0.25 --steps 200 "
-    "--out plugins/default-s025",
+@settings_command(
+    C.TrainPluginConfig,
+    "train-plugin default --photos --sigmas 0.25 --steps 200 --out plugins/default-s025",
+    name="train-plugin",
 )
-def train_plugin(
-    model: Annotated[str, typer.Argument(help="Registry name of the frozen encoder.")],
-    images: Annotated[str | None, typer.Option(help="Folder of training images.")] = None,
-    photos: Annotated[
-        bool | None, typer.Option("--photos", help="Train on the shipped photos (a demo).")
-    ] = None,
-    sigmas: Annotated[
-        str | None, typer.Option(help="Training noise levels, comma-separated.")
-    ] = None,
-    parts: Annotated[str | None, typer.Option(help="purifier, mapper or both.")] = None,
-    steps: Annotated[int | None, typer.Option(help="Training steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
-    draws_per_image: Annotated[
-        int | None, typer.Option(help="Noise draws per image and step.")
-    ] = None,
-    sigma_sampling: Annotated[
-        str | None,
-        typer.Option(help="'set': draw from SIGMAS; 'uniform': between their min and max."),
-    ] = None,
-    loss_weights: Annotated[
-        str | None,
-        typer.Option(
-            help="Loss weights as name=value,... (clean_consistency, pairwise_consistency, "
-            "utility, pixel_mse, stats, identity); unnamed ones keep their defaults."
-        ),
-    ] = None,
-    crops: Annotated[
-        int | None,
-        typer.Option(help="Train on this many random crops/flips of the images (few images)."),
-    ] = None,
-    pretrain_steps: Annotated[
-        int | None,
-        typer.Option(help="Pixel-denoising steps for the purifier first (encoder not run)."),
-    ] = None,
-    val_images: Annotated[
-        str | None, typer.Option(help="Held-out images: S and clean agreement while training.")
-    ] = None,
-    val_every: Annotated[int | None, typer.Option(help="Validate every this many steps.")] = None,
-    seed: SeedOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    size: SizeOpt = None,
-    out_dir: Annotated[
-        str | None, typer.Option("--out", help="Output folder. [default: plugins/plugin]")
-    ] = None,
-    config: ConfigOpt = None,
-    progress: ProgressOpt = None,
-) -> None:
+def train_plugin(*, config: Path | None, given: dict[str, Any]) -> None:
     """Train the plug-in (purifier + smoothness mapper) that raises the robustness score S.
 
     The encoder stays frozen. With --pretrain-steps the purifier first learns plain
@@ -983,18 +563,7 @@ def train_plugin(
     """
     from featsmooth import api
 
-    result = api.train_plugin(
-        model,
-        config_file=config,
-        on_config=lambda cfg: print_config(cfg),
-        **_given(
-            images=images, photos=photos, sigmas=sigmas, parts=parts, steps=steps,
-            batch_size=batch_size, lr=lr, draws_per_image=draws_per_image,
-            sigma_sampling=sigma_sampling, loss_weights=loss_weights, crops=crops,
-            pretrain_steps=pretrain_steps, val_images=val_images, val_every=val_every,
-            seed=seed, device=device, dtype=dtype, size=size, out=out_dir, progress=progress,
-        ),
-    )  # fmt: skip
+    result = api.train_plugin(config_file=config, on_config=_on_config, **given)
     scores = result["scores"] or {}
     before, after = scores.get("before") or {}, scores.get("after") or {}
     for sigma in sorted(set(before) | set(after)):
@@ -1107,59 +676,12 @@ def _escape_unprintable() -> None:
                 pass
 
 
-#: the settings dataclass of each command: the one place its defaults are declared
-COMMAND_CONFIGS = {
-    "demo": "DemoConfig",
-    "certify": "CertifyConfig",
-    "predict": "PredictConfig",
-    "attack": "AttackConfig",
-    "evaluate": "EvaluateConfig",
-    "train-plugin": "TrainPluginConfig",
-}
-
-
-def _render_default(option: Any, value: Any) -> str:
-    if isinstance(value, bool) and option.secondary_opts:  # --tune/--no-tune
-        return (option.opts if value else option.secondary_opts)[0].lstrip("-")
-    if isinstance(value, (list, tuple)):
-        return ",".join(_render_default(option, v) for v in value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def with_declared_defaults(command: Any) -> Any:
-    """Write each option's ``[default: ...]`` from its command's settings dataclass, so help
-    can never disagree with what runs. Options whose declared default is ``None`` keep the
-    words of their help (e.g. "the model's")."""
-    import dataclasses
-    import re
-
-    for name, config in COMMAND_CONFIGS.items():
-        sub = command.commands.get(name)
-        if sub is None:
-            continue
-        fields = {f.name: f for f in dataclasses.fields(getattr(C, config))}
-        for option in sub.params:
-            field = fields.get(option.name)
-            if field is None or getattr(option, "param_type_name", "") != "option":
-                continue
-            default = (
-                field.default_factory()  # type: ignore[misc]
-                if field.default is dataclasses.MISSING
-                else field.default
-            )
-            if default is None:
-                continue
-            text = re.sub(r"\s*\[default: [^\]]*\]", "", option.help or "")
-            option.help = f"{text} [default: {_render_default(option, default)}]".strip()
-    return command
-
-
 def run(argv: list[str] | None = None) -> int:
     """Run the command line with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     args = list(sys.argv[1:] if argv is None else argv)
     _state["command"] = next((a for a in args if not a.startswith("-")), None)
     _escape_unprintable()
-    command = with_declared_defaults(typer.main.get_command(app))
+    command = typer.main.get_command(app)
     previous = warnings.showwarning
     warnings.showwarning = _show_warning
     interrupted = _InterruptFlag()

@@ -52,12 +52,10 @@ writes the records of an uninterrupted one. The returned
 
 from __future__ import annotations
 
-import math
-import re
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,201 +64,48 @@ import torch
 import torch.nn.functional as F
 
 from featsmooth import bounds
+from featsmooth.attack_specs import (
+    DEFAULT_ATTACKS,
+    PAPER_ATTACKS,
+    AttackSpec,
+    classes_named,
+    paper_protocol,
+    parse_attack,
+)
 from featsmooth.attacks import EoTObjective, FeatureCosine, ZeroShotCrossEntropy, get_attack
-from featsmooth.attacks.budget import parse_eps, parse_norm
 from featsmooth.consistency import check_consistency
 from featsmooth.errors import InputError
+from featsmooth.evaluation_results import (
+    DEFAULT_SETTINGS,
+    PREDICTION_METHODS,
+    SETTINGS,
+    EvaluationResult,
+    attack_record,
+    certificate_record,
+    certified_table,
+    summarize,
+)
+from featsmooth.progress import Bar
 from featsmooth.seeds import SCHEME as SEED_SCHEME
 from featsmooth.seeds import noise_seed
 from featsmooth.smoothing import SmoothedEncoder
 
-SETTINGS = ("vanilla", "fs", "fs+plugin", "robust", "robust+fs")
-DEFAULT_SETTINGS = ("vanilla", "fs", "fs+plugin")
-#: the attacks of the source paper's targeted protocol (registry names)
-PAPER_ATTACKS = ("mf-ii", "m-attack", "foa")
-PREDICTION_METHODS = ("margin", "fcsb", "cohen")
-
-
-# --------------------------------------------------------------------------------------
-# attack specifications
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One attack configuration.
-
-    Attributes:
-        name: ``pgd``, ``apgd`` (untargeted or targeted on the task objective) or the
-            targeted embedding-matching attacks ``mf-ii`` (AttackVLM), ``m-attack``,
-            ``foa`` (these need ``target_images=`` in :func:`evaluate`).
-        norm: ``l2`` or ``linf``.
-        eps: budget in pixel units (linf may be ``"k/255"``).
-        steps: gradient steps.
-        objective: ``auto`` (zero-shot cross-entropy when there are classes, else feature
-            cosine), ``ce`` or ``cosine``; ignored by the embedding-matching attacks.
-        target: targeted attack: the class index or indices whose prediction counts as
-            success (the first one is the one the cross-entropy pulls towards).
-        step_size: per-step size (default: the attack's own).
-        restarts: independent restarts (best kept).
-        label: optional name appended to the attack id.
-    """
-
-    name: str = "pgd"
-    norm: str = "l2"
-    eps: float | str = 0.5
-    steps: int = 10
-    objective: str = "auto"
-    target: int | tuple[int, ...] | None = None
-    step_size: float | str | None = None
-    restarts: int = 1
-    label: str | None = None
-
-    def __post_init__(self) -> None:
-        get_attack(self.name)  # a clear InputError for an unknown name
-        object.__setattr__(self, "norm", parse_norm(self.norm))
-        object.__setattr__(self, "eps", parse_eps(self.eps, self.norm))
-        if self.objective not in ("auto", "ce", "cosine"):
-            raise InputError(f"objective must be auto, ce or cosine, got {self.objective!r}")
-        if not isinstance(self.steps, int) or self.steps < 0:
-            raise InputError(f"steps must be an integer >= 0, got {self.steps!r}")
-        if self.target is not None:
-            t = (self.target,) if isinstance(self.target, (int, np.integer)) else self.target
-            object.__setattr__(self, "target", tuple(int(v) for v in t))
-            if not self.target:
-                raise InputError("target must name at least one class")
-
-    @property
-    def targeted(self) -> bool:
-        return self.target is not None or self.matches_target_embeddings
-
-    @property
-    def matches_target_embeddings(self) -> bool:
-        """Whether the attack pulls features toward target images (needs target images)."""
-        return get_attack(self.name).matches_target_embeddings
-
-    @property
-    def attack_id(self) -> str:
-        """Stable identifier used in record keys, e.g. ``pgd-l2-0.5-s10``."""
-        eps = f"{self.eps * 255:g}/255" if self.norm == "linf" else f"{self.eps:g}"
-        text = f"{self.name}-{self.norm}-{eps}-s{self.steps}"
-        if self.objective != "auto":
-            text += f"-{self.objective}"
-        if self.target is not None:
-            text += "-t" + "+".join(str(t) for t in self.target)
-        if self.restarts != 1:
-            text += f"-r{self.restarts}"
-        return text + (f"-{self.label}" if self.label else "")
-
-
-def parse_attack(
-    spec: str | dict[str, Any] | AttackSpec, class_names: Sequence[str] | None = None
-) -> AttackSpec:
-    """An :class:`AttackSpec` from itself, a dict of its fields, or a string
-    ``"name:norm:eps[:key=value...]"`` such as ``"pgd:l2:0.5:steps=20"`` or
-    ``"mf-ii:linf:16/255:steps=300:step_size=1/255:target=2"``. With ``class_names`` a
-    target may also name classes: ``target=shark`` means every class whose name contains
-    the word (:func:`classes_named`)."""
-    if isinstance(spec, AttackSpec):
-        return spec
-    if isinstance(spec, dict):
-        return AttackSpec(**spec)
-    if not isinstance(spec, str) or not spec.strip():
-        raise InputError(f"cannot read an attack from {spec!r}")
-    parts = spec.strip().split(":")
-    fields: dict[str, Any] = {"name": parts[0]}
-    positional = ("norm", "eps")
-    for i, part in enumerate(parts[1:]):
-        if "=" in part:
-            k, v = part.split("=", 1)
-            fields[k.strip()] = v.strip()
-        elif i < len(positional):
-            fields[positional[i]] = part
-        else:
-            raise InputError(f"cannot read attack field {part!r} in {spec!r}")
-    for k in ("steps", "restarts"):
-        if k in fields:
-            fields[k] = int(fields[k])
-    if "target" in fields and isinstance(fields["target"], str):
-        found: list[int] = []
-        for v in (v.strip() for v in re.split(r"[+,]", fields["target"]) if v.strip()):
-            if v.lstrip("-").isdigit():
-                found.append(int(v))
-            elif class_names is None:
-                raise InputError(f"target {v!r} is not a class index (no class names given)")
-            else:
-                found.extend(classes_named(class_names, v))
-        fields["target"] = tuple(dict.fromkeys(found))  # first occurrence order, no repeats
-    if isinstance(fields.get("eps"), str) and "/" not in fields["eps"]:
-        fields["eps"] = float(fields["eps"])
-    unknown = set(fields) - set(AttackSpec.__dataclass_fields__)
-    if unknown:
-        raise InputError(f"unknown attack field(s) {sorted(unknown)} in {spec!r}")
-    return AttackSpec(**fields)
-
-
-def classes_named(class_names: Sequence[str], word: str) -> tuple[int, ...]:
-    """Indices of the classes whose name contains ``word`` as a whole word (case-insensitive),
-    e.g. ``classes_named(imagenet_classes(), "shark") == (2, 3, 4)``."""
-    pattern = re.compile(rf"\b{re.escape(word.strip().lower())}\b")
-    found = tuple(i for i, n in enumerate(class_names) if pattern.search(n.lower()))
-    if not found:
-        raise InputError(f"no class name contains {word!r}")
-    return found
-
-
-def paper_protocol(
-    target: int | Sequence[int],
-    *,
-    attacks: Sequence[str] = PAPER_ATTACKS,
-    eps: str | float = "16/255",
-    steps: int = 300,
-    step_size: str | float = "1/255",
-) -> list[AttackSpec]:
-    """The source paper's targeted protocol: embedding matching toward a target image
-    (MF-ii / M-Attack / FOA-Attack), linf 16/255, 300 steps of 1/255; success = the
-    zero-shot prediction is one of ``target`` (e.g. ``classes_named(names, "shark")``).
-    Pass the target image to :func:`evaluate` as ``target_images=``."""
-    tgt = (int(target),) if isinstance(target, (int, np.integer)) else tuple(target)
-    return [
-        AttackSpec(name, "linf", eps, steps, target=tgt, step_size=step_size) for name in attacks
-    ]
-
-
-def evaluate_paper_protocol(
-    encoder: Any,
-    images: torch.Tensor,
-    target_image: torch.Tensor,
-    class_embeddings: torch.Tensor,
-    target: int | Sequence[int],
-    *,
-    attacks: Sequence[str] = PAPER_ATTACKS,
-    steps: int = 300,
-    eps: str | float = "16/255",
-    step_size: str | float = "1/255",
-    **kwargs: Any,
-) -> EvaluationResult:
-    """The source paper's evaluation: targeted embedding matching toward ``target_image``
-    (``(1, C, H, W)`` or one per image) with each of ``attacks`` at linf ``eps`` for
-    ``steps`` steps; an attack succeeds when the zero-shot prediction (smoothed settings:
-    of the Monte-Carlo smoothed feature on fresh draws) is one of ``target``, e.g.
-    ``classes_named(imagenet_classes(), "shark")``. Other keyword arguments go to
-    :func:`evaluate` (settings, plugin, sigma, eot_draws, judge_draws, run_dir, ...)."""
-    specs = paper_protocol(target, attacks=attacks, eps=eps, steps=steps, step_size=step_size)
-    return evaluate(
-        encoder,
-        images,
-        kwargs.pop("labels", None),
-        class_embeddings=class_embeddings,
-        attacks=specs,
-        target_images=target_image,
-        **kwargs,
-    )
-
-
-DEFAULT_ATTACKS = (
-    AttackSpec("pgd", "l2", 0.5, 10),
-    AttackSpec("pgd", "linf", "4/255", 10),
-)
+__all__ = [
+    "DEFAULT_ATTACKS",
+    "DEFAULT_SETTINGS",
+    "PAPER_ATTACKS",
+    "PREDICTION_METHODS",
+    "SETTINGS",
+    "AttackSpec",
+    "EvaluationResult",
+    "certified_table",
+    "classes_named",
+    "evaluate",
+    "evaluate_paper_protocol",
+    "paper_protocol",
+    "parse_attack",
+    "summarize",
+]
 
 
 # --------------------------------------------------------------------------------------
@@ -335,18 +180,6 @@ def _labels(labels: Any, b: int) -> tuple[list[int | None], list[frozenset[int]]
     return primary, sets
 
 
-def _unit(x: torch.Tensor) -> torch.Tensor:
-    return F.normalize(x.flatten(1).double(), dim=1)
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> np.ndarray:
-    return (_unit(a) * _unit(b)).sum(1).cpu().numpy()
-
-
-def _nan(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
 def _noisy(sm: SmoothedEncoder, x: torch.Tensor, k: int, seeds: Sequence[int]) -> torch.Tensor:
     """``(B, k, D)`` float64 unit noisy features, image ``i`` drawn with ``seeds[i]``."""
     out = []
@@ -392,133 +225,6 @@ def _outputs(
     preds = (mean @ classes.T).argmax(1).cpu().numpy()
     draw_preds = (noisy @ classes.T).argmax(2).cpu().numpy()
     return _Output(mean, preds, draw_preds, noisy)
-
-
-# --------------------------------------------------------------------------------------
-# results
-
-
-@dataclass
-class EvaluationResult:
-    """What :func:`evaluate` returns.
-
-    Attributes:
-        summary: one row per (setting, attack): ``setting``, ``attack``, ``attack_id``,
-            ``norm``, ``eps``, ``steps``, ``targeted``, ``images``, ``clean_score``
-            (accuracy, or 1 for feature-only tasks), ``robust_score`` (accuracy under
-            attack; feature-only: mean adversarial cosine), ``asr`` (fraction of images
-            on which the attack succeeded; untargeted zero-shot: misclassified after the
-            attack, images already wrong when clean included), ``success_rate``
-            (mean fraction of fresh draws the attack fools; = asr for vanilla),
-            ``adv_cosine``, ``l2_distance`` (mean l2 norm of the perturbations; an linf
-            budget's l2 radius grows with the image size), ``certified_cosine`` (mean FCSB at the attack's l2 radius, 0
-            where no certificate), ``certified_accuracy`` (margin certificate at that
-            radius), ``consistency_checked``, ``consistency_violations``.
-        certified: one row per (smoothed setting, radius): ``fcsb`` (mean, 0 = none),
-            ``certified_fraction`` and ``certified_accuracy_<method>`` for the three
-            prediction certificates.
-        records: every record of the run (resumed ones included).
-        skipped: settings not run, with the reason.
-        run_dir: the run folder (``None`` if records were not written).
-    """
-
-    summary: list[dict[str, Any]]
-    certified: list[dict[str, Any]]
-    records: list[dict[str, Any]]
-    skipped: dict[str, str] = field(default_factory=dict)
-    run_dir: str | None = None
-
-    @property
-    def violations(self) -> int:
-        return int(sum(r.get("consistency_violations") or 0 for r in self.summary))
-
-
-def summarize(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The per-(setting, attack) summary table of attack records (see EvaluationResult)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in records:
-        if r.get("attack") is None:
-            continue
-        groups.setdefault((str(r.get("setting")), str(r.get("attack_id"))), []).append(r)
-
-    def mean(items: list[dict[str, Any]], name: str, nan_as: float | None = None) -> float | None:
-        vals = []
-        for it in items:
-            v = it.get(name)
-            if v is None:
-                if nan_as is None:
-                    continue
-                v = nan_as
-            vals.append(float(v))
-        return float(np.mean(vals)) if vals else None
-
-    order = {s: i for i, s in enumerate(SETTINGS)}
-    rows = []
-    for (setting, attack_id), items in sorted(
-        groups.items(), key=lambda kv: (kv[0][1], order.get(kv[0][0], 99), kv[0][0])
-    ):
-        first = items[0]
-        checked = [it for it in items if it.get("consistency_checked")]
-        rows.append(
-            {
-                "setting": setting,
-                "attack": first.get("attack"),
-                "attack_id": attack_id,
-                "norm": first.get("norm"),
-                "eps": first.get("eps"),
-                "steps": first.get("steps"),
-                "targeted": first.get("targeted"),
-                "images": len(items),
-                "clean_score": mean(items, "clean_score"),
-                "robust_score": mean(items, "robust_score"),
-                "asr": mean(items, "success"),
-                "success_rate": mean(items, "success_rate"),
-                "adv_cosine": mean(items, "adv_cosine"),
-                "l2_distance": mean(items, "l2_distance"),
-                "certified_cosine": mean(items, "certified_cosine", nan_as=0.0)
-                if any("certified_cosine" in it for it in items)
-                else None,
-                "certified_accuracy": mean(items, "certified_margin")
-                if any("certified_margin" in it for it in items)
-                else None,
-                "consistency_checked": len(checked),
-                "consistency_violations": sum(
-                    1 for it in checked if it.get("consistency_violation")
-                ),
-            }
-        )
-    return rows
-
-
-def certified_table(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Certified cosine and certified accuracy vs radius per smoothed setting, from the
-    certification records (``kind == "certificate"``)."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for r in records:
-        if r.get("kind") == "certificate":
-            groups.setdefault(str(r.get("setting")), []).append(r)
-    rows = []
-    for setting, items in groups.items():
-        radii = items[0].get("radii") or []
-        for j, radius in enumerate(radii):
-            fc = [it["fcsb"][j] for it in items if it.get("fcsb") is not None]
-            row: dict[str, Any] = {
-                "setting": setting,
-                "radius": radius,
-                "images": len(items),
-                "fcsb": float(np.mean([0.0 if v is None else v for v in fc])) if fc else None,
-                "certified_fraction": float(np.mean([v is not None for v in fc])) if fc else None,
-            }
-            for m in PREDICTION_METHODS:
-                key = f"certified_{m}"
-                vals = [it[key][j] for it in items if it.get(key) is not None]
-                row[f"certified_accuracy_{m}"] = float(np.mean(vals)) if vals else None
-            rows.append(row)
-    return rows
-
-
-# --------------------------------------------------------------------------------------
-# the harness
 
 
 def _make_attack(
@@ -667,10 +373,10 @@ def evaluate(
     if captions is not None:
         if len(captions) != b:
             raise InputError(f"got {len(captions)} captions for {b} images")
-        from featsmooth.tasks.zero_shot import _text_encoder
+        from featsmooth.tasks.zero_shot import text_encoder
 
         with torch.no_grad():
-            class_embeddings = _text_encoder(encoder).encode_text(list(captions)).float()
+            class_embeddings = text_encoder(encoder).encode_text(list(captions)).float()
         labels = list(range(b))
     for name, value in (("eot_draws", eot_draws), ("judge_draws", judge_draws)):
         if not isinstance(value, int) or value < 1:
@@ -747,18 +453,27 @@ def evaluate(
 
             memory.append(to_jsonable(record))
         done.add(tuple(record["key"]))
+        bar.advance(1, info=f"{record['setting']} {record.get('attack_id', 'certificate')}")
 
+    opts = _Options(
+        eot_draws=eot_draws, judge_draws=judge_draws, n0=n0, n=n, alpha=alpha, method=method,
+        radii=radii_arr, consistency_draws=consistency_draws,
+        consistency_alpha=consistency_alpha, cosine_threshold=cosine_threshold, seed=seed,
+        batch_size=batch_size, run_dir=run_dir,
+    )  # fmt: skip
+    data = _Data(x_all, names, primary, acceptable, classes, target_images)
+    expected = {
+        (name, setting.name, what)
+        for setting in built
+        for name in names
+        for what in [s.attack_id for s in specs] + (["certificate"] if setting.smoothed else [])
+    }
+    bar = Bar(bool(progress), len(expected - done), "evaluate", unit="records")
     try:
         for setting in built:
-            _run_setting(
-                setting, specs, x_all, names, primary, acceptable, classes, target_images,
-                eot_draws=eot_draws, judge_draws=judge_draws, n0=n0, n=n, alpha=alpha,
-                method=method, radii=radii_arr, consistency_draws=consistency_draws,
-                consistency_alpha=consistency_alpha, cosine_threshold=cosine_threshold,
-                seed=seed, batch_size=batch_size, done=done, write=write, say=say,
-                run_dir=run_dir,
-            )  # fmt: skip
+            _run_setting(setting, specs, data, opts, done, write, say)
     finally:
+        bar.close()
         if writer is not None:
             writer.close()
     return EvaluationResult(
@@ -770,33 +485,51 @@ def evaluate(
     )
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The settings of one evaluation that every step reads (see :func:`evaluate`)."""
+
+    eot_draws: int
+    judge_draws: int
+    n0: int
+    n: int
+    alpha: float
+    method: str
+    radii: np.ndarray
+    consistency_draws: int
+    consistency_alpha: float
+    cosine_threshold: float
+    seed: int
+    batch_size: int
+    run_dir: Any
+
+
+@dataclass(frozen=True)
+class _Data:
+    """The images of one evaluation with their names, labels and the task's classes."""
+
+    x_all: torch.Tensor
+    names: list[str]
+    primary: list[int | None]
+    acceptable: list[frozenset[int]]
+    classes: torch.Tensor | None
+    target_images: torch.Tensor | None
+
+
 def _run_setting(
     setting: _Setting,
     specs: list[AttackSpec],
-    x_all: torch.Tensor,
-    names: list[str],
-    primary: list[int | None],
-    acceptable: list[frozenset[int]],
-    classes: torch.Tensor | None,
-    target_images: torch.Tensor | None,
-    *,
-    eot_draws: int,
-    judge_draws: int,
-    n0: int,
-    n: int,
-    alpha: float,
-    method: str,
-    radii: np.ndarray,
-    consistency_draws: int,
-    consistency_alpha: float,
-    cosine_threshold: float,
-    seed: int,
-    batch_size: int,
+    data: _Data,
+    opts: _Options,
     done: set[tuple[Any, ...]],
     write: Callable[[dict[str, Any]], None],
     say: Callable[[str], None],
-    run_dir: Any,
 ) -> None:
+    """Certify (smoothed settings) and attack every image of ``data`` in ``setting`` whose
+    records are not all ``done``; ``write`` each new record."""
+    x_all, names, primary, acceptable = data.x_all, data.names, data.primary, data.acceptable
+    classes, target_images = data.classes, data.target_images
+    seed, judge_draws, method = opts.seed, opts.judge_draws, opts.method
     sm = setting.model
     b = x_all.shape[0]
 
@@ -806,7 +539,8 @@ def _run_setting(
     # Images are attacked in fixed blocks of batch_size (by image order), and every draw is
     # seeded by image name (featsmooth.seeds), so a resumed run redoes whole blocks and
     # reproduces the records of an uninterrupted one; only missing records are written.
-    blocks = [list(range(s, min(s + batch_size, b))) for s in range(0, b, batch_size)]
+    size = opts.batch_size
+    blocks = [list(range(s, min(s + size, b))) for s in range(0, b, size)]
     needed = [
         i
         for block in blocks
@@ -831,15 +565,17 @@ def _run_setting(
         image_seeds = [noise_seed(seed, names[i], "certify") for i in needed]
         if classes is not None:
             certs = sm.certify_prediction(
-                x, classes, n0=n0, n=n, alpha=alpha, method=method, seed=image_seeds
+                x, classes, n0=opts.n0, n=opts.n, alpha=opts.alpha, method=method, seed=image_seeds
             )
         else:
-            certs = sm.certify(x, n0=n0, n=n, alpha=alpha, method=method, seed=image_seeds)
+            certs = sm.certify(
+                x, n0=opts.n0, n=opts.n, alpha=opts.alpha, method=method, seed=image_seeds
+            )
         for j, i in enumerate(needed):
             if key(i, "certificate") in done:
                 continue
-            write(_certificate_record(key(i, "certificate"), names[i], setting, certs[j],
-                                      primary[i], acceptable[i], radii))  # fmt: skip
+            write(certificate_record(key(i, "certificate"), names[i], setting, certs[j],
+                                      primary[i], acceptable[i], opts.radii))  # fmt: skip
         say(f"[{setting.name}] certified {len(needed)} images ({time.perf_counter() - t0:.1f}s)")
     target_feats = tgt = None
     if target_images is not None and any(s.matches_target_embeddings for s in specs):
@@ -858,7 +594,7 @@ def _run_setting(
             attack_seed = noise_seed(
                 seed, (setting.name, spec.attack_id, *[names[i] for i in block]), "attack"
             )
-            attack, make_targets = _make_attack(spec, setting, classes, eot_draws, attack_seed)
+            attack, make_targets = _make_attack(spec, setting, classes, opts.eot_draws, attack_seed)
             xb = x[rows]
             info: dict[str, Any] = {"primary": [primary[needed[j]] for j in rows]}
             if target_feats is not None:
@@ -875,10 +611,10 @@ def _run_setting(
             consistency = None
             if setting.smoothed:
                 consistency = check_consistency(
-                    sm, xb, adv, [certs[j] for j in rows], n=consistency_draws,
-                    alpha=consistency_alpha, method=method,
+                    sm, xb, adv, [certs[j] for j in rows], n=opts.consistency_draws,
+                    alpha=opts.consistency_alpha, method=method,
                     seed=[noise_seed(seed, key(i, spec.attack_id), "check") for i in block],
-                    run_dir=run_dir, keys=["/".join(key(needed[j], spec.attack_id)) for j in rows],
+                    run_dir=opts.run_dir, keys=["/".join(key(needed[j], spec.attack_id)) for j in rows],
                     clean_smoothed=clean.features[rows],
                 )  # fmt: skip
             seconds = (time.perf_counter() - t1) / len(rows)
@@ -887,11 +623,11 @@ def _run_setting(
                 if key(i, spec.attack_id) in done:  # written before an interruption
                     continue
                 write(
-                    _attack_record(
+                    attack_record(
                         key(i, spec.attack_id), names[i], setting, spec, j, r, xb, adv, result,
                         clean, adv_out, classes, primary[i], acceptable[i], certs[j],
-                        None if consistency is None else consistency[r], eot_draws, judge_draws,
-                        cosine_threshold, target_feats, seconds,
+                        None if consistency is None else consistency[r], opts.eot_draws,
+                        judge_draws, opts.cosine_threshold, target_feats, seconds,
                     )
                 )  # fmt: skip
             say(
@@ -900,147 +636,32 @@ def _run_setting(
             )
 
 
-def _certificate_record(
-    key: tuple[str, ...],
-    name: str,
-    setting: _Setting,
-    cert: Any,
-    primary: int | None,
-    acceptable: frozenset[int],
-    radii: np.ndarray,
-) -> dict[str, Any]:
-    feat = getattr(cert, "features", None) or cert
-    record: dict[str, Any] = {
-        "key": list(key),
-        "kind": "certificate",
-        "image": name,
-        "setting": setting.name,
-        "model": str(getattr(setting.model.encoder, "name", "")),
-        **feat.to_dict(),
-        "radii": radii.tolist(),
-        "fcsb": [_nan(float(v)) for v in feat.fcsb(radii)],
-        "fcsb_clean": [_nan(float(v)) for v in feat.fcsb(radii, "clean")],
-    }
-    if hasattr(cert, "prediction"):
-        record.update({k: v for k, v in cert.to_dict().items() if k not in record or k in (
-            "prediction", "clean_prediction", "n_used")})  # fmt: skip
-        record["label"] = primary
-        record["acceptable"] = sorted(acceptable)
-        for m in PREDICTION_METHODS:
-            record[f"certified_{m}"] = [
-                bool(acceptable) and cert.certified(float(r), m) and cert.predicted(m) in acceptable
-                for r in radii
-            ]
-    return record
-
-
-def _attack_record(
-    key: tuple[str, ...],
-    name: str,
-    setting: _Setting,
-    spec: AttackSpec,
-    j: int,
-    r: int,
-    xb: torch.Tensor,
-    adv: torch.Tensor,
-    result: Any,
-    clean: _Output,
-    adv_out: _Output,
-    classes: torch.Tensor | None,
-    primary: int | None,
-    acceptable: frozenset[int],
-    cert: Any,
-    consistency: Any,
-    eot_draws: int,
-    judge_draws: int,
-    cosine_threshold: float,
-    target_feats: torch.Tensor | None,
-    seconds: float,
-) -> dict[str, Any]:
-    delta = (adv[r].double() - xb[r].double()).flatten()
-    l2 = float(delta.norm())
-    cos = float(_cosine(clean.features[j : j + 1], adv_out.features[r : r + 1])[0])
-    record: dict[str, Any] = {
-        "key": list(key),
-        "kind": "attack",
-        "image": name,
-        "setting": setting.name,
-        "model": str(getattr(setting.model.encoder, "name", "")),
-        "attack": spec.name,
-        "attack_id": spec.attack_id,
-        "norm": spec.norm,
-        "eps": spec.eps,
-        "steps": spec.steps,
-        "targeted": spec.targeted,
-        "target": list(spec.target) if spec.target is not None else None,
-        "l2_distance": l2,
-        "linf_distance": float(delta.abs().max()),
-        "objective": float(result.objective[r]),
-        "clean_objective": float(result.clean_objective[r]),
-        "adv_cosine": cos,
-        "seconds": seconds,
-    }
-    if setting.smoothed:
-        record.update(sigma=float(setting.model.sigma), eot_draws=eot_draws,
-                      judge_draws=judge_draws)  # fmt: skip
-        record["adv_cosine_clean"] = float(
-            _cosine(setting.model.features(xb[r : r + 1]).detach(), adv_out.features[r : r + 1])[0]
-        )
-    success_draws = None
-    if classes is not None:
-        clean_pred = int(clean.predictions[j])
-        adv_pred = int(adv_out.predictions[r])
-        hits = set(spec.target) if spec.target is not None else None
-        if hits is not None:
-            success = adv_pred in hits
-            if adv_out.draw_predictions is not None:
-                success_draws = float(np.isin(adv_out.draw_predictions[r], list(hits)).mean())
-        elif acceptable:
-            success = adv_pred not in acceptable
-            if adv_out.draw_predictions is not None:
-                success_draws = float(
-                    (~np.isin(adv_out.draw_predictions[r], list(acceptable))).mean()
-                )
-        else:
-            success = adv_pred != clean_pred
-            if adv_out.draw_predictions is not None:
-                success_draws = float((adv_out.draw_predictions[r] != clean_pred).mean())
-        record.update(
-            label=primary,
-            acceptable=sorted(acceptable),
-            clean_prediction=clean_pred,
-            adv_prediction=adv_pred,
-            changed=adv_pred != clean_pred,
-            clean_score=float(clean_pred in acceptable) if acceptable else None,
-            robust_score=float(adv_pred in acceptable) if acceptable else None,
-        )
-    elif target_feats is not None and spec.matches_target_embeddings:
-        tf = target_feats[0:1] if target_feats.shape[0] == 1 else target_feats[j : j + 1]
-        to_target = float(_cosine(tf, adv_out.features[r : r + 1])[0])
-        success = to_target > cos
-        record.update(target_cosine=to_target, clean_score=1.0, robust_score=cos)
-    else:
-        success = cos < cosine_threshold
-        if adv_out.draw_features is not None:
-            per_draw = _unit(adv_out.draw_features[r]) @ _unit(clean.features[j : j + 1]).T
-            success_draws = float((per_draw.flatten() < cosine_threshold).double().mean())
-        record.update(clean_score=1.0, robust_score=cos)
-    record["success"] = bool(success)
-    record["success_rate"] = success_draws if setting.smoothed else float(success)
-    if cert is not None:
-        feat = getattr(cert, "features", None) or cert
-        record["certified_cosine"] = _nan(float(feat.fcsb(l2)))
-        record["certified_cosine_clean"] = _nan(float(feat.fcsb(l2, "clean")))
-        record["score_lower"] = feat.score_lower
-        if hasattr(cert, "prediction"):
-            for m in PREDICTION_METHODS:
-                record[f"certified_{m}"] = bool(
-                    acceptable and cert.certified(l2, m) and cert.predicted(m) in acceptable
-                )
-    if consistency is not None:
-        record.update(consistency.to_dict())
-        record["consistency_checked"] = not (
-            math.isnan(consistency.certified_bound)
-            and math.isnan(consistency.clean_certified_bound)
-        )
-    return record
+def evaluate_paper_protocol(
+    encoder: Any,
+    images: torch.Tensor,
+    target_image: torch.Tensor,
+    class_embeddings: torch.Tensor,
+    target: int | Sequence[int],
+    *,
+    attacks: Sequence[str] = PAPER_ATTACKS,
+    steps: int = 300,
+    eps: str | float = "16/255",
+    step_size: str | float = "1/255",
+    **kwargs: Any,
+) -> EvaluationResult:
+    """The source paper's evaluation: targeted embedding matching toward ``target_image``
+    (``(1, C, H, W)`` or one per image) with each of ``attacks`` at linf ``eps`` for
+    ``steps`` steps; an attack succeeds when the zero-shot prediction (smoothed settings:
+    of the Monte-Carlo smoothed feature on fresh draws) is one of ``target``, e.g.
+    ``classes_named(imagenet_classes(), "shark")``. Other keyword arguments go to
+    :func:`evaluate` (settings, plugin, sigma, eot_draws, judge_draws, run_dir, ...)."""
+    specs = paper_protocol(target, attacks=attacks, eps=eps, steps=steps, step_size=step_size)
+    return evaluate(
+        encoder,
+        images,
+        kwargs.pop("labels", None),
+        class_embeddings=class_embeddings,
+        attacks=specs,
+        target_images=target_image,
+        **kwargs,
+    )

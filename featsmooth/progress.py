@@ -11,7 +11,9 @@ class Bar:
     """A progress bar over ``total`` units; a no-op when ``enabled`` is false.
 
     Args:
-        enabled: show it (the caller's ``progress=`` setting).
+        enabled: show it (the caller's ``progress=`` setting); or a parent :class:`Bar`:
+            then this bar is a line of detail under the parent's (e.g. one image's samples
+            under the run's images), shown while the parent is, removed when it closes.
         total: units of work (samples, images, steps).
         description: the bar's label.
         unit: shown in the rate column (``"samples"`` -> ``"1,234 samples/s"``).
@@ -23,7 +25,7 @@ class Bar:
 
     def __init__(
         self,
-        enabled: bool,
+        enabled: bool | Bar,
         total: int,
         description: str,
         *,
@@ -33,6 +35,14 @@ class Bar:
     ) -> None:
         self.unit = unit
         self._progress: Any = None
+        self._own = not isinstance(enabled, Bar)
+        if isinstance(enabled, Bar):
+            if enabled._progress is not None and total > 0:
+                self._progress = enabled._progress
+                self._task = self._progress.add_task(
+                    description, total=total, completed=completed, rate="", info=""
+                )
+            return
         if not enabled or total <= 0:
             return
         from rich.progress import (
@@ -83,20 +93,35 @@ class Bar:
         """``k`` units turned out unnecessary (e.g. samples saved by early stopping)."""
         if self._progress is None:
             return
-        task = self._progress.tasks[0]
+        task = self._current()
         self._progress.update(self._task, total=max(task.completed, (task.total or 0) - k))
 
     def close(self) -> None:
         if self._progress is not None:
-            self._progress.stop()
+            if self._own:
+                self._progress.stop()
+            else:
+                self._progress.remove_task(self._task)
             self._progress = None
+
+    def _current(self) -> Any:
+        return next(t for t in self._progress.tasks if t.id == self._task)
 
     def _refresh(self, info: str | None) -> None:
         fields: dict[str, str] = {}
-        speed = self._progress.tasks[0].speed
-        if speed and self.unit:
-            fields["rate"] = f"{speed:,.0f} {self.unit}/s"
+        rate = rate_text(self._current().speed, self.unit)
+        if rate:
+            fields["rate"] = rate
         if info is not None:
             fields["info"] = info
         if fields:
             self._progress.update(self._task, **fields)
+
+
+def rate_text(speed: float | None, unit: str) -> str:
+    """``"1,234 samples/s"``, or for slow work ``"4.0 s/image"`` (``""``: nothing to say)."""
+    if not speed or not unit:
+        return ""
+    if speed >= 1:
+        return f"{speed:,.0f} {unit}/s"
+    return f"{1 / speed:,.1f} s/{unit.removesuffix('s')}"

@@ -312,7 +312,7 @@ class SmoothedEncoder(nn.Module):
         seed: int | Sequence[int] | None = 0,
         tolerance: float | None = None,
         target: tuple[float, float] | None = None,
-        progress: bool = False,
+        progress: bool | Bar = False,
         keep_samples: bool = False,
     ) -> list[Certificate]:
         """Certify the feature cosine of each image (see the module docstring).
@@ -332,7 +332,8 @@ class SmoothedEncoder(nn.Module):
             target: sequential mode: ``(cosine, radius)``; stop once the smoothed-reference
                 certificate reaches ``cosine`` at ``radius``, or once an upper confidence
                 bound shows it no longer can.
-            progress: show a progress bar.
+            progress: show a progress bar (a :class:`~featsmooth.progress.Bar`: as a line
+                under it).
             keep_samples: attach the per-sample projections to each result (``samples``).
 
         Returns:
@@ -362,18 +363,9 @@ class SmoothedEncoder(nn.Module):
 
         with torch.inference_mode():
             clean = self._forward(images, torch.float64)  # (B, k)
-        direction_sums = torch.zeros_like(clean)
-        for i, feats in self._sample(images, [n0] * b, gens, batch_size):
-            direction_sums[i] += feats.sum(0)
-            bar.advance(len(feats))
-        directions = direction_sums / direction_sums.norm(dim=1, keepdim=True).clamp_min(1e-300)
-
-        # Projections stay on the device during sampling (no host sync per forward pass);
-        # they are copied to the host once per round: proj[i] <v, f(x+eps)>, proj_clean[i]
-        # <f(x), f(x+eps)>.
+        totals, directions = self._direction_stage(images, n0, gens, batch_size, bar)
         proj_dev = torch.zeros((2, b, n), dtype=torch.float64, device=self.device)
         counts = np.zeros(b, dtype=np.int64)
-        totals = direction_sums.clone()  # sum of all unit features, for S and context
         active = np.ones(b, dtype=bool)
         stop_reason = ["max_samples"] * b
         # In sequential mode, sample in rounds and test the stopping rules between rounds.
@@ -386,13 +378,9 @@ class SmoothedEncoder(nn.Module):
                 min(max(chunk, int(counts[i]) // 4), n - int(counts[i])) if active[i] else 0
                 for i in range(b)
             ]
-            for i, feats in self._sample(images, wants, gens, batch_size):
-                k = len(feats)
-                c = int(counts[i])
-                proj_dev[:, i, c : c + k] = torch.stack([directions[i], clean[i]]) @ feats.T
-                totals[i] += feats.sum(0)
-                counts[i] += k
-                bar.advance(k)
+            self._projection_stage(
+                images, wants, gens, batch_size, bar, directions, clean, proj_dev, counts, totals
+            )
             proj, proj_clean = proj_dev.cpu().numpy()
             done = counts >= n
             if sequential:
@@ -423,6 +411,59 @@ class SmoothedEncoder(nn.Module):
             )
             for i in range(b)
         ]
+
+    def _direction_stage(
+        self,
+        images: torch.Tensor,
+        n0: int,
+        gens: list,
+        batch_size: int,
+        bar: Bar,
+        observe: Callable[[int, torch.Tensor], None] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stage one of certification: ``n0`` draws per image choose the unit direction
+        ``v`` (the normalised mean of the unit noisy features). Returns ``(sums,
+        directions)``, both ``(B, k)`` float64; ``observe(i, feats)`` sees every batch of
+        image ``i``'s features."""
+        sums: torch.Tensor | None = None
+        for i, feats in self._sample(images, [n0] * images.shape[0], gens, batch_size):
+            if sums is None:
+                sums = torch.zeros((images.shape[0], feats.shape[1]), dtype=feats.dtype,
+                                   device=feats.device)  # fmt: skip
+            sums[i] += feats.sum(0)
+            if observe is not None:
+                observe(i, feats)
+            bar.advance(len(feats))
+        assert sums is not None
+        return sums, sums / sums.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+    def _projection_stage(
+        self,
+        images: torch.Tensor,
+        wants: Sequence[int],
+        gens: list,
+        batch_size: int,
+        bar: Bar,
+        directions: torch.Tensor,
+        clean: torch.Tensor,
+        proj: torch.Tensor,
+        counts: np.ndarray,
+        totals: torch.Tensor,
+        observe: Callable[[int, torch.Tensor, int], None] | None = None,
+    ) -> None:
+        """Stage two (one round of it): ``wants[i]`` fresh draws of image ``i``, stored as
+        projections ``proj[0, i] = <v, f(x+eps)>`` and ``proj[1, i] = <f(x), f(x+eps)>``
+        after the ``counts[i]`` already drawn, and added to ``totals[i]`` (for ``S`` and
+        context); ``observe(i, feats, start)`` sees each batch and where it starts. The
+        projections stay on the device (no host sync per forward pass)."""
+        for i, feats in self._sample(images, wants, gens, batch_size):
+            k, c = len(feats), int(counts[i])
+            proj[:, i, c : c + k] = torch.stack([directions[i], clean[i]]) @ feats.T
+            totals[i] += feats.sum(0)
+            if observe is not None:
+                observe(i, feats, c)
+            counts[i] += k
+            bar.advance(k)
 
     def _certificate(
         self,
@@ -524,7 +565,8 @@ class SmoothedEncoder(nn.Module):
         method: str = bounds.DEFAULT_METHOD,
         batch_size: int | None = None,
         seed: int | Sequence[int] | None = 0,
-        progress: bool = False,
+        progress: bool | Bar = False,
+        keep_samples: bool = False,
     ) -> list[PredictionCertificate]:
         """Certified zero-shot predictions with unit class embeddings ``(K, k)``, K >= 2.
 
@@ -545,7 +587,8 @@ class SmoothedEncoder(nn.Module):
           votes; radius ``sigma * Phi^-1(p_low)`` (abstain if ``p_low <= 1/2``).
 
         The same samples also give each image's feature :class:`Certificate` (``.features``),
-        exactly as :meth:`certify` would with the same seed, so one pass serves both.
+        exactly as :meth:`certify` would with the same seed, so one pass serves both
+        (``progress`` and ``keep_samples`` as there).
         """
         self._validate_run(n0, n, alpha, method)
         images = self._validate_images(images)
@@ -572,13 +615,12 @@ class SmoothedEncoder(nn.Module):
                 f"class embeddings have dimension {emb.shape[1]} but features have {clean.shape[1]}"
             )
         clean_pred = (clean @ emb.T).argmax(1).cpu().numpy()
-        sums = torch.zeros_like(clean)
         votes0 = torch.zeros((b, num_classes), dtype=torch.int64, device=self.device)
-        for i, feats in self._sample(images, [n0] * b, gens, batch_size):
-            sums[i] += feats.sum(0)
+
+        def vote(i: int, feats: torch.Tensor) -> None:
             votes0[i] += torch.bincount((feats @ emb.T).argmax(1), minlength=num_classes)
-            bar.advance(len(feats))
-        directions = sums / sums.norm(dim=1, keepdim=True).clamp_min(1e-300)
+
+        totals, directions = self._direction_stage(images, n0, gens, batch_size, bar, vote)
         top = (directions @ emb.T).argmax(1)  # smoothed prediction A per image
         top_cohen = votes0.argmax(1)
 
@@ -587,12 +629,12 @@ class SmoothedEncoder(nn.Module):
         margins: dict[int, torch.Tensor] = {}
         p_low = np.zeros(b)
         proj_dev = torch.zeros((2, b, n), dtype=torch.float64, device=self.device)
-        totals = sums.clone()
         votes_dev = torch.zeros(b, dtype=torch.int64, device=self.device)
         filled = np.zeros(b, dtype=np.int64)
         diff_norm = [(emb[top[i]] - emb).norm(dim=1).clamp_min(1e-300) for i in range(b)]
-        for i, feats in self._sample(images, [n] * b, gens, batch_size):
-            k, c = len(feats), int(filled[i])
+
+        def margin(i: int, feats: torch.Tensor, c: int) -> None:
+            k = len(feats)
             scores = feats @ emb.T  # (k, K)
             w_vals = (scores[:, top[i]].unsqueeze(1) - scores) / diff_norm[i]
             rivals = torch.arange(num_classes, device=self.device) != top[i]
@@ -601,14 +643,15 @@ class SmoothedEncoder(nn.Module):
                     (n, num_classes - 1), dtype=torch.float64, device=self.device
                 )
             margins[i][c : c + k] = w_vals[:, rivals].clamp(-1.0, 1.0)
-            proj_dev[:, i, c : c + k] = torch.stack([directions[i], clean[i]]) @ feats.T
-            totals[i] += feats.sum(0)
             votes_dev[i] += (scores.argmax(1) == top_cohen[i]).sum()
-            filled[i] += k
-            if filled[i] == n:
+            if c + k == n:
                 values = margins.pop(i).cpu().numpy()
                 p_low[i] = _min_rival_probability(values, alpha, method, n)
-            bar.advance(k)
+
+        self._projection_stage(
+            images, [n] * b, gens, batch_size, bar, directions, clean, proj_dev, filled, totals,
+            margin,
+        )  # fmt: skip
         bar.close()
         proj, proj_clean = proj_dev.cpu().numpy()
         votes = votes_dev.cpu().numpy()
@@ -629,7 +672,7 @@ class SmoothedEncoder(nn.Module):
                 horizon=n,
                 stop_reason="max_samples",
                 seed=seeds[i],
-                keep_samples=False,
+                keep_samples=keep_samples,
             )
             score_low = feature_cert.score_lower
             needed_cos = _cone_cosine(directions[i], emb, a)

@@ -33,7 +33,7 @@ from torch import nn
 
 from featsmooth.cache import cache_dir
 from featsmooth.errors import InputError
-from featsmooth.records import atomic_write_bytes
+from featsmooth.files import atomic_write_bytes
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 #: Batch sizes tried by default: powers of two, CPU-friendly to GPU-friendly.

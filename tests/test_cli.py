@@ -88,6 +88,9 @@ def test_certify_subprocess_writes_records(tmp_path, pngs):
     assert "environment" in settings
     assert "sigma: 0.25" in (tmp_path / "runs/a/config.yaml").read_text()
     assert "img5.png" in proc.stdout and "S_low" in proc.stdout
+    # before the work: the model loads, then the measured cost of the run
+    assert "loading model synthetic-trig" in proc.stdout
+    assert "cost: 6 image(s) x " in proc.stdout and "noisy images/s" in proc.stdout
 
 
 def test_unknown_model_subprocess_exit_code(tmp_path, pngs):
@@ -637,10 +640,10 @@ def test_top_level_help_lists_commands(capsys):
 
 
 def test_demo_falls_back_loudly_without_the_default_model(tmp_path, capsys, monkeypatch):
-    from featsmooth import api
+    from featsmooth import loading
     from featsmooth.errors import ModelUnavailableError
 
-    real = api.load_model
+    real = loading.load_model
 
     def load(name, *args, **kwargs):
         if name == "default":
@@ -649,7 +652,7 @@ def test_demo_falls_back_loudly_without_the_default_model(tmp_path, capsys, monk
             )
         return real(name, *args, **kwargs)
 
-    monkeypatch.setattr(api, "load_model", load)
+    monkeypatch.setattr(loading, "load_model", load)
     monkeypatch.chdir(tmp_path)
     code, out, err = run_cli(capsys, "demo", "--fast", "--no-progress")
     assert code == 0, err

@@ -42,6 +42,7 @@ from featsmooth.evaluate import (
     paper_protocol,
     parse_attack,
 )
+from featsmooth.schema import undocumented_fields
 
 SIGMA = 0.25
 
@@ -261,10 +262,17 @@ def test_evaluate_writes_records_and_resumes(tmp_path):
             assert 0.0 <= r["success_rate"] <= 1.0
     rows = {(r["setting"], r["attack_id"]): r for r in res.summary}
     vanilla = rows[("vanilla", "pgd-l2-2-s3")]
-    assert vanilla["clean_score"] == 1.0  # the class embeddings are the clean features
+    assert vanilla["unattacked_score"] == 1.0  # the class embeddings are the clean features
     assert vanilla["asr"] == pytest.approx(1.0 - vanilla["robust_score"])
     assert res.violations == 0
     assert {row["setting"] for row in res.certified} == {"fs", "fs+plugin"}
+    # one meaning per field: "clean" is the noise-free base encoder, in every record kind
+    for r in cert_recs:
+        assert r["clean_prediction"] == r["label"]  # the base encoder is right on all four
+        assert "estimate" not in r and "smoothed_prediction" in r
+    for r in attack_recs:
+        assert "clean_prediction" not in r and "unattacked_prediction" in r
+    assert all(undocumented_fields(r) == [] for r in records), "document every field"
 
     # resume: nothing is recomputed, nothing is appended
     calls = plugin.calls
@@ -322,6 +330,7 @@ def test_evaluate_feature_task_on_trig_encoder():
         n=500,
         consistency_draws=200,
     )
+    assert all(undocumented_fields(r) == [] for r in res.records)
     rows = {r["setting"]: r for r in res.summary}
     # vanilla: worst case cos(|a| r) for f; PGD gets near it
     assert rows["vanilla"]["adv_cosine"] < enc.worst_case_cosine(0.25) + 0.05
@@ -356,6 +365,7 @@ def test_evaluate_targeted_and_embedding_attacks():
             consistency_draws=16,
         )
     for r in res.records:
+        assert undocumented_fields(r) == []
         if r.get("kind") == "attack":
             assert r["targeted"] and r["success"] == (r["adv_prediction"] == 3)
             if r["attack"] == "mf-ii":
@@ -392,7 +402,7 @@ def test_evaluate_retrieval_with_captions():
     )
     records = [r for r in res.records if r["kind"] == "attack"]
     assert [r["label"] for r in records] == [0, 1, 2, 3]  # image i owns caption i
-    assert res.summary[0]["clean_score"] == 1.0  # recall@1 of the clean images
+    assert res.summary[0]["unattacked_score"] == 1.0  # recall@1 of the clean images
     with pytest.raises(InputError, match="not both"):
         evaluate(enc, x, captions=list(TextImage.captions), class_embeddings=classes)
 

@@ -86,6 +86,17 @@ def save(fig, target, fmt: str) -> None:
         fig.savefig(target, format=fmt, dpi=DPI, metadata=metadata.get(fmt))
 
 
+def save_all(figures, out, fmt: str) -> list:
+    """Save each drawn figure of ``figures`` (items with ``.name``/``.figure``) as
+    ``out/<name>.<fmt>``; returns the paths written."""
+    written = []
+    for item in figures:
+        if item.figure is not None:
+            save(item.figure, out / f"{item.name}.{fmt}", fmt)
+            written.append(out / f"{item.name}.{fmt}")
+    return written
+
+
 def png_bytes(fig) -> bytes:
     buf = io.BytesIO()
     save(fig, buf, "png")

@@ -98,8 +98,8 @@ def recall_at_k(
     return out
 
 
-def _text_encoder(encoder: Any) -> Any:
-    from featsmooth.tasks.zero_shot import _text_encoder as find
+def text_encoder(encoder: Any) -> Any:
+    from featsmooth.tasks.zero_shot import text_encoder as find
 
     return find(encoder)
 
@@ -159,6 +159,6 @@ def retrieval_scores(
     if len(captions) != images.shape[0]:
         raise InputError(f"got {len(captions)} caption lists for {images.shape[0]} images")
     texts, owner = flatten_captions(captions)
-    txt = _text_encoder(encoder).encode_text(texts)
+    txt = text_encoder(encoder).encode_text(texts)
     img = image_embeddings(encoder, images, smoothed=smoothed, n=n, seed=seed)
     return recall_at_k(img, txt, owner, ks)

@@ -29,7 +29,7 @@ from featsmooth.seeds import noise_seed
 METHODS = ("margin", "fcsb", "cohen")
 
 
-def _text_encoder(encoder: Any) -> Any:
+def text_encoder(encoder: Any) -> Any:
     """The object whose ``encode_text`` to use: the encoder, or the first one found down its
     chain of wrapped encoders (``.encoder`` / ``.base``: SmoothedEncoder, plug-ins)."""
     queue, seen = [encoder], set()
@@ -59,7 +59,7 @@ def class_embeddings(
         templates = (templates,)
     if not templates or any("{}" not in t for t in templates):
         raise InputError("every template must contain '{}' for the class name")
-    text = _text_encoder(encoder)
+    text = text_encoder(encoder)
     k = len(class_names)
     prompts = [t.format(name) for name in class_names for t in templates]
     emb = text.encode_text(prompts).float()

@@ -10,11 +10,6 @@ from featsmooth.report.registry import register
 
 @register("pdf", "figures as PDF (editable text)", order=32, default=False)
 def write(ctx, out: Path) -> list[Path]:
-    from featsmooth.report.figures import save
+    from featsmooth.report.figures import save_all
 
-    written = []
-    for item in ctx.figures:
-        if item.figure is not None:
-            save(item.figure, out / f"{item.name}.pdf", "pdf")
-            written.append(out / f"{item.name}.pdf")
-    return written
+    return save_all(ctx.figures, out, "pdf")

@@ -9,11 +9,6 @@ from featsmooth.report.registry import register
 
 @register("svg", "figures as SVG (editable text)", order=31)
 def write(ctx, out: Path) -> list[Path]:
-    from featsmooth.report.figures import save
+    from featsmooth.report.figures import save_all
 
-    written = []
-    for item in ctx.figures:
-        if item.figure is not None:
-            save(item.figure, out / f"{item.name}.svg", "svg")
-            written.append(out / f"{item.name}.svg")
-    return written
+    return save_all(ctx.figures, out, "svg")
