@@ -1,6 +1,7 @@
 # featsmooth: two commands on a fresh machine.
 #   make demo   set up .venv and certify the shipped photos with the offline default model
 #   make test   set up .venv with the test tools and run the whole test suite (what CI runs)
+#   make bench  regenerate every bench/results file (bench/manifest.py); make bench-list: the plan
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_SPEC ?= torch==2.13.0
@@ -9,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_PIP_ARGS ?=
 BIN := $(VENV)/bin
 
-.PHONY: setup setup-test demo test lint docs
+.PHONY: setup setup-test demo test lint docs bench bench-list
 
 # What the demo needs: torch, featsmooth and the offline default model and photos.
 $(VENV)/.setup-demo: pyproject.toml Makefile
@@ -54,3 +55,12 @@ docs: setup-test
 lint: setup-test
 	$(BIN)/ruff check --fix featsmooth tests bench
 	$(BIN)/ruff format featsmooth tests bench
+
+# Every bench/results file from its command in bench/manifest.py (entries needing CUDA skip
+# without a GPU); make bench BENCH_ARGS="--skip-long" or BENCH_ARGS="--only attacks bounds".
+BENCH_ARGS ?=
+bench: setup-test
+	$(BIN)/python bench/regenerate.py $(BENCH_ARGS)
+
+bench-list: setup
+	$(BIN)/python bench/regenerate.py --list

@@ -74,7 +74,8 @@ def child(batch_sizes: list[int], threads: int, passes: int, n: int) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--batch-sizes", default="8,64")
@@ -83,7 +84,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "allocator.json"))
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
     if args.child:
         print(json.dumps(child(sizes, args.threads, args.passes, args.n)))

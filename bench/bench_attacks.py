@@ -43,9 +43,11 @@ from featsmooth.data.photos import load_photos
 from featsmooth.encoders.registry import load_encoder
 from featsmooth.evaluate import AttackSpec, evaluate
 from featsmooth.tasks.zero_shot import class_embeddings
+from featsmooth.versions import environment_info
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sigma", type=float, default=0.25)
     parser.add_argument("--steps", type=int, default=5)
@@ -68,7 +70,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--run-dir", default=None, help="records folder (resumable)")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "attacks.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
@@ -142,6 +148,7 @@ def main() -> None:
             "threads": args.threads,
             "settings_run": settings,
             "not_run": not_run,
+            "arguments": recorded_arguments(args),
         },
         "summary": result.summary,
         "certified": result.certified,
@@ -151,16 +158,27 @@ def main() -> None:
         },
         "timing_s": {"setup": round(setup, 1), "total": round(total, 1)},
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "environment": environment_info(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    cols = ("setting", "attack_id", "clean_score", "robust_score", "asr", "adv_cosine",
+    cols = ("setting", "attack_id", "unattacked_score", "robust_score", "asr", "adv_cosine",
             "certified_cosine", "certified_accuracy", "consistency_checked",
             "consistency_violations")  # fmt: skip
     print("\t".join(cols))
     for row in result.summary:
         print("\t".join(_fmt(row.get(c)) for c in cols))
     print(f"total {total:.0f}s; written to {args.out}")
+
+
+def recorded_arguments(args: argparse.Namespace) -> dict:
+    """The command-line arguments without any machine path: no ``out``; the folders
+    ``run_dir`` and ``plugin`` reduced to their last component."""
+    kept = {k: v for k, v in vars(args).items() if k not in ("out", "run_dir", "plugin")}
+    for key in ("run_dir", "plugin"):
+        value = getattr(args, key)
+        kept[key] = Path(value).name if value else None
+    return kept
 
 
 def _fmt(value: object) -> str:

@@ -96,7 +96,8 @@ def run(scores: list[float], alpha: float, tol: float, repeats: int, n0: int, ma
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scores", type=float, nargs="+", default=[0.9, 0.99])
     parser.add_argument("--alpha", type=float, default=0.001)
@@ -105,7 +106,11 @@ def main() -> None:
     parser.add_argument("--n0", type=int, default=64)
     parser.add_argument("--max-n", type=int, default=200_000)
     parser.add_argument("--out", type=Path, default=Path("bench/results/bounds.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     report = run(args.scores, args.alpha, args.tolerance, args.repeats, args.n0, args.max_n)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")

@@ -74,7 +74,8 @@ def summarise(preds, certs, photos, radii, seconds) -> dict:
     return out
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
     parser.add_argument("--sigmas", type=float, nargs="+", default=[0.125, 0.25, 0.5])
@@ -92,7 +93,11 @@ def main() -> None:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     torch.manual_seed(args.seed)
     encoder = load_encoder(args.model)

@@ -25,6 +25,8 @@ from pathlib import Path
 import torch
 import transformers as tf
 
+from featsmooth.versions import environment_info
+
 VISION = dict(
     hidden_size=32,
     intermediate_size=64,
@@ -170,13 +172,18 @@ def seconds_per_image(encoder: torch.nn.Module, images: torch.Tensor, repeats: i
     return statistics.median(times) / images.shape[0]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=Path("bench/results/families.json"))
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     images = torch.rand(args.batch, 3, 64, 64)
@@ -204,6 +211,8 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": tf.__version__,
         "families": rows,
+        "settings": {"repeats": args.repeats, "batch": args.batch, "threads": args.threads},
+        "environment": environment_info(),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

@@ -27,6 +27,7 @@ from featsmooth.encoders.hf import CLIPEncoder
 from featsmooth.encoders.idefics3 import Idefics3Encoder
 from featsmooth.encoders.openflamingo import Flamingo, OpenFlamingoEncoder
 from featsmooth.encoders.paligemma import Gemma3Encoder, PaliGemmaEncoder
+from featsmooth.versions import environment_info
 
 MEAN = STD = (0.5, 0.5, 0.5)
 
@@ -261,10 +262,15 @@ def tiny_time_ratios(batch: int = 32, repeats: int = 20) -> dict[str, float]:
     return {name: t / base for name, t in times.items()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="write the results as JSON here")
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(1)
     flops = flops_ratios()
     tiny = tiny_time_ratios()
@@ -278,6 +284,8 @@ def main() -> None:
         "torch": torch.__version__,
         "transformers": tf.__version__,
         "rows": rows,
+        "settings": {"torch_threads": 1},
+        "environment": environment_info(),
     }
     print(json.dumps(result, indent=2))
     if args.out:

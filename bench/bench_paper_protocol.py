@@ -38,6 +38,7 @@ from featsmooth.data.photos import load_photos
 from featsmooth.encoders.registry import load_encoder
 from featsmooth.evaluate import PAPER_ATTACKS, evaluate_paper_protocol
 from featsmooth.tasks.zero_shot import class_embeddings
+from featsmooth.versions import environment_info
 
 EXTRA_CLASSES = (0, 1, 2)  # tench, goldfish, great white shark
 
@@ -56,7 +57,8 @@ def subset_labels(photos, local: dict[int, int]) -> list[list[int]]:
             for p, acc in zip(photos.labels, photos.acceptable)]  # fmt: skip
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--target-photo", default="coffee")
     parser.add_argument("--attacks", default=",".join(PAPER_ATTACKS))
@@ -83,7 +85,11 @@ def main() -> None:
     parser.add_argument(
         "--out", default=str(Path(__file__).parent / "results" / "paper_protocol.json")
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
 
     start = time.perf_counter()
@@ -125,7 +131,7 @@ def main() -> None:
                 parse_eps(args.eps, "linf") * math.sqrt(3 * args.image_size * args.image_size)
             ),
         },
-        "settings": {**vars(args), "settings_run": settings},
+        "settings": {**recorded_arguments(args), "settings_run": settings},
         "run_settings": _run_settings(args.run_dir),
         "summary": summary,
         "consistency": {
@@ -134,15 +140,26 @@ def main() -> None:
         },
         "timing_s": {"setup": round(setup, 1), "total": round(total, 1)},
         "machine": {"platform": platform.platform(), "torch": torch.__version__},
+        "environment": environment_info(),
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    cols = ("setting", "attack_id", "images", "clean_score", "robust_score", "asr",
+    cols = ("setting", "attack_id", "images", "unattacked_score", "robust_score", "asr",
             "success_rate", "adv_cosine", "l2_distance")  # fmt: skip
     print("\t".join(cols))
     for row in summary:
         print("\t".join(_fmt(row.get(c)) for c in cols))
     print(f"total {total:.0f}s; written to {args.out}")
+
+
+def recorded_arguments(args: argparse.Namespace) -> dict:
+    """The command-line arguments without any machine path: no ``out``; the folders
+    ``run_dir`` and ``plugin`` reduced to their last component."""
+    kept = {k: v for k, v in vars(args).items() if k not in ("out", "run_dir", "plugin")}
+    for key in ("run_dir", "plugin"):
+        value = getattr(args, key)
+        kept[key] = Path(value).name if value else None
+    return kept
 
 
 def _run_settings(run_dir: str | None) -> dict | None:

@@ -292,7 +292,12 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "benchmark": "plugin",
         "settings": {
-            **{k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+            **{
+                k: (str(v) if isinstance(v, Path) else v)
+                for k, v in vars(args).items()
+                if k not in ("out", "save_plugin")
+            },
+            "save_plugin": args.save_plugin.name if args.save_plugin else None,
             "loss_weights": weights.to_dict(),
             "training_pool": pool_names,
             "held_out_photos": val.names,
@@ -337,7 +342,8 @@ def print_sigma(sigma: float, ev: dict, radii) -> None:
         )
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", choices=("conse", "efficientnet"), default="conse")
     p.add_argument("--sigmas", type=float, nargs="+", default=[0.125, 0.25, 0.5])
@@ -378,7 +384,11 @@ def main() -> None:
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--save-plugin", type=Path, default=None)
     p.add_argument("--out", type=Path, default=Path("bench/results/plugin.json"))
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     t0 = time.perf_counter()
     report = run(args)
     report["timing"]["total_seconds"] = time.perf_counter() - t0

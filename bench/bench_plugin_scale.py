@@ -45,6 +45,7 @@ from featsmooth.encoders import load_encoder
 from featsmooth.plugin import load_plugin
 from featsmooth.plugin import losses as L
 from featsmooth.plugin.classical import KINDS, classical_plugin
+from featsmooth.versions import environment_info
 
 
 def build_variant(spec: str, encoder):
@@ -190,6 +191,7 @@ def run(args) -> None:
     if state.get("settings", settings) != settings:
         raise SystemExit(f"{out} was written with other settings; use another --out")
     state["settings"] = settings
+    state["environment"] = environment_info()
     state.setdefault("runs", {})
     models, runs = {}, {}
     for name, spec in variants.items():
@@ -266,7 +268,9 @@ def psnr_table(args) -> None:
             "sigmas": args.sigmas,
             "draws_per_crop": 1,
             "seed": args.seed,
+            "variants": [v.split("=", 1)[0] for v in args.variant],
         },
+        "environment": environment_info(),
         "psnr": {},
     }
     for v in args.variant:
@@ -330,7 +334,8 @@ def report(files: list[str], common: bool = False) -> dict:
     return table
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument(
         "--variant",
@@ -355,11 +360,21 @@ def main() -> None:
     p.add_argument("--common", action="store_true", help="report: same first images for all")
     p.add_argument("--table-out", default=None, help="report: also write the table as JSON")
     p.add_argument("--report", nargs="+", default=None, help="print the table of result files")
-    args = p.parse_args()
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser()
+    args = p.parse_args(argv)
     if args.report:
         table = report(args.report, common=args.common)
         if args.table_out:
-            Path(args.table_out).write_text(json.dumps(table, indent=1) + "\n")
+            written = {
+                "settings": {"files": [Path(f).name for f in args.report], "common": args.common},
+                "environment": environment_info(),
+                "table": table,
+            }
+            Path(args.table_out).write_text(json.dumps(written, indent=1) + "\n")
         return
     if args.psnr:
         psnr_table(args)

@@ -33,11 +33,12 @@ import numpy as np
 import torch
 
 from featsmooth import SmoothedEncoder, bounds
-from featsmooth.api import image_seed, model_image_size, zero_shot_classes
 from featsmooth.config import DemoConfig
 from featsmooth.data.photos import load_photos
 from featsmooth.encoders import load_encoder
 from featsmooth.encoders.registry import list_models
+from featsmooth.loading import model_image_size, zero_shot_classes
+from featsmooth.seeds import noise_seed
 from featsmooth.smoothing import _cone_cosine, _min_rival_probability
 from featsmooth.versions import environment_info
 
@@ -114,7 +115,8 @@ def certificates(first, second, clean, emb, sigma: float, alpha: float, method: 
     return row
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     demo = DemoConfig()
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="default")
@@ -131,7 +133,11 @@ def main() -> None:
     parser.add_argument(
         "--out", type=Path, default=Path("bench/results/prediction_certificates.json")
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
 
     torch.set_num_threads(args.threads)
     start_all = time.perf_counter()
@@ -147,7 +153,7 @@ def main() -> None:
     for i in keep:
         key = photos.names[i]
         x = photos.images[i].unsqueeze(0)
-        seed = image_seed(args.seed, key)
+        seed = noise_seed(args.seed, key, "certify")
         start = time.perf_counter()
         first, second, clean = _draw(
             sm, sm._validate_images(x), seed, args.n0, args.n, args.batch_size
@@ -213,7 +219,7 @@ def main() -> None:
             "method": args.method,
             "bet_horizon": args.n,
             "seed": args.seed,
-            "seeds": "per photo: featsmooth.api.image_seed(seed, name), as featsmooth demo",
+            "seeds": 'per photo: featsmooth.seeds.noise_seed(seed, name, "certify"), as featsmooth demo',
             "batch_size": args.batch_size,
             "torch_threads": torch.get_num_threads(),
             "input_dtype": "float32",

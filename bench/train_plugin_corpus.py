@@ -36,6 +36,7 @@ from featsmooth.plugin import (
     save_plugin,
     train_plugin,
 )
+from featsmooth.versions import environment_info
 
 
 class CropStream:
@@ -56,7 +57,8 @@ class CropStream:
             yield self.corpus.crops(self.split, self.batch, self.size, seed=seed)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line of this script; parsing it runs nothing."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--workdir", type=Path, required=True)
     p.add_argument("--cache-dir", type=Path, default=None, help="corpus cache folder")
@@ -82,7 +84,17 @@ def main() -> None:
     p.add_argument("--val-draws", type=int, default=4)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
-    args = p.parse_args()
+    p.add_argument(
+        "--summary-out",
+        type=Path,
+        default=None,
+        help="also write the settings, environment and the trained stages' cards as JSON here",
+    )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
     torch.set_num_threads(args.threads)
     work = args.workdir.expanduser()
     work.mkdir(parents=True, exist_ok=True)
@@ -223,6 +235,32 @@ def main() -> None:
         )
         save_plugin(plugin, work / "mapper-plugin")
         record("mapper", plugin, time.perf_counter() - t0)
+
+    if args.summary_out:
+        write_summary(args, work)
+
+
+def write_summary(args: argparse.Namespace, work: Path) -> None:
+    """Write ``args.summary_out``: the settings (no machine path), the environment and,
+    per finished stage in ``work``, its plug-in card's training block and last validation."""
+    stages = []
+    for stage in ("pixel", "feature", "mapper"):
+        folder = work / f"{stage}-plugin"
+        if folder.exists():
+            card = load_plugin(folder).card
+            stages.append(
+                {
+                    "stage": stage,
+                    **card.get("training", {}),
+                    "validations": card.get("validations", [])[-1:],
+                }
+            )
+    settings = {
+        k: v for k, v in vars(args).items() if k not in ("workdir", "cache_dir", "summary_out")
+    }
+    summary = {"settings": settings, "environment": environment_info(), "stages": stages}
+    args.summary_out.parent.mkdir(parents=True, exist_ok=True)
+    args.summary_out.write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
