@@ -28,13 +28,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from featsmooth.encoders.hf import _load_tokenizer
-from featsmooth.encoders.image_tokens import ImageTokenEncoder
+from featsmooth.encoders.image_tokens import ImageTokenEncoder, Texts
 from featsmooth.encoders.prompts import (
     _broadcast_texts,
     _embedding_device,
@@ -114,30 +114,22 @@ class Blip2Encoder(ImageTokenEncoder):
         return 1 if self.seq2seq else 0
 
     def score_targets(
-        self,
-        tok: Any,
-        prompt_seqs: list[list[int]],
-        targets: str | Sequence[str],
-        image_features: torch.Tensor,
-        stage: str | None,
-        reduction: Literal["sum", "mean"],
+        self, tok: Any, seqs: list[list[int]], targets: Texts, feats: torch.Tensor, reduction: str
     ) -> torch.Tensor:
         """As :meth:`ImageTokenEncoder.score_targets`; with an encoder-decoder language
         model the image and prompt are the encoder's input and the target the decoder's."""
         if not self.seq2seq:
-            return super().score_targets(
-                tok, prompt_seqs, targets, image_features, stage, reduction
-            )
-        batch = image_features.shape[0]
+            return super().score_targets(tok, seqs, targets, feats, reduction)
+        batch = feats.shape[0]
         target_seqs = _target_ids(tok, targets, batch)
-        ids, mask = _left_pad(prompt_seqs, _pad_id(tok))
+        ids, mask = _left_pad(seqs, _pad_id(tok))
         width = max(len(t) for t in target_seqs)
         labels = torch.full((batch, width), -100, dtype=torch.long)
         for i, t in enumerate(target_seqs):
             labels[i, : len(t)] = torch.tensor(t, dtype=torch.long)
         device = _embedding_device(self.model)
         ids, mask, labels = ids.to(device), mask.to(device), labels.to(device)
-        embeds = self.embed(ids, image_features, stage)
+        embeds = self.scatter(ids, feats)
         out = self.language_model()(inputs_embeds=embeds, attention_mask=mask, labels=labels)
         logp = torch.log_softmax(out.logits.float(), dim=-1)
         known = labels != -100

@@ -38,6 +38,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from torch import nn
 
+from featsmooth.encoders import prompts as prompting
 from featsmooth.encoders.base import ImageEncoder
 from featsmooth.encoders.hf import (
     OPENAI_CLIP_MEAN,
@@ -48,19 +49,13 @@ from featsmooth.encoders.hf import (
     _set_input,
     load_pretrained_encoder,
 )
-from featsmooth.encoders.prompts import (
-    _broadcast_texts,
-    _check_reduction,
-    _embedding_device,
-    _expand_image_tokens,
-    _generate_batch,
-    _image_token_id,
-    _loglikelihood_batch,
-    _tokenizer_of,
-)
 from featsmooth.errors import InputError
 
 ExtraInputs = Callable[[torch.Tensor, torch.Tensor], dict[str, Any]]
+#: one prompt (or target) for all images, or one per image
+Texts = str | Sequence[str]
+Reduction = Literal["sum", "mean"]
+MaybeTensor = torch.Tensor | None
 
 #: the former name of :func:`featsmooth.encoders.hf.load_pretrained_encoder`
 load_image_token_model = load_pretrained_encoder
@@ -197,7 +192,7 @@ class ImageTokenEncoder(ImageEncoder):
 
     @property
     def image_token_id(self) -> int:
-        return _image_token_id(self.model.config)
+        return prompting._image_token_id(self.model.config)
 
     def pixel_values(self, images: torch.Tensor) -> torch.Tensor:
         """Pixel-unit images ``(B, 3, H, W)`` -> normalised model input in the model dtype."""
@@ -239,12 +234,16 @@ class ImageTokenEncoder(ImageEncoder):
         return self.expand_image_tokens(ids, num_tokens)
 
     def expand_image_tokens(self, ids: list[int], num_tokens: int) -> list[int]:
-        return _expand_image_tokens(ids, self.image_token_id, num_tokens)
+        return prompting._expand_image_tokens(ids, self.image_token_id, num_tokens)
 
     def embed(self, input_ids: torch.Tensor, image_features: torch.Tensor, stage: str | None):
         """Token embeddings of ``input_ids`` with the image positions replaced, in order, by
         ``image_features`` at ``stage``, as the model's own forward does with pixels."""
-        feats = self.to_language(image_features, stage)
+        return self.scatter(input_ids, self.to_language(image_features, stage))
+
+    def scatter(self, input_ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Token embeddings of ``input_ids`` with the image positions replaced, in order, by
+        the language-model embeddings ``feats`` ``(B, T, D)``; the token count is checked."""
         table = self.model.get_input_embeddings()
         image_id = self.image_token_id
         mask = input_ids == image_id
@@ -261,12 +260,12 @@ class ImageTokenEncoder(ImageEncoder):
     def _batch(self, tok: Any, features: torch.Tensor, prompts: Any, stage: str | None):
         stage = stage or self.stage
         num_tokens = self.to_language(features[:1].detach(), stage).shape[1]
-        texts = _broadcast_texts(prompts, features.shape[0], "prompts")
+        texts = prompting._broadcast_texts(prompts, features.shape[0], "prompts")
         return [self.prompt_ids(tok, p, num_tokens) for p in texts]
 
     def _tok(self, processor_or_tokenizer: Any) -> Any:
         given = processor_or_tokenizer if processor_or_tokenizer is not None else self.tokenizer
-        return _tokenizer_of(given)
+        return prompting._tokenizer_of(given)
 
     def logits(
         self,
@@ -280,20 +279,55 @@ class ImageTokenEncoder(ImageEncoder):
         """Next-token logits ``(B, L, V)`` on ``input_ids`` (image tokens already expanded)
         with ``image_features`` in place of the image; ``target_lengths`` marks trailing
         answer tokens for models that treat the prompt and the answer differently."""
-        device = _embedding_device(self.model)
-        input_ids = input_ids.to(device)
-        embeds = self.embed(input_ids, image_features, stage)
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.to(device)
-        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0) + self.position_offset
+        feats = self.to_language(image_features, stage)
+        return self.language_logits(input_ids, feats, attention_mask, target_lengths)
+
+    # The two hooks below take the language-model embeddings of the image (``to_language``
+    # of the features): a family that feeds the language model differently (OpenFlamingo's
+    # cross-attention) overrides them, and ``logits`` / ``generate_ids`` /
+    # ``score_targets`` stay the base class's.
+
+    def language_logits(
+        self, ids: torch.Tensor, feats: torch.Tensor, mask: MaybeTensor, lengths: list[int] | None
+    ) -> torch.Tensor:
+        """:meth:`logits` given the language-model embeddings ``feats`` of the image;
+        ``mask`` ``None`` attends to every token."""
+        device = prompting._embedding_device(self.model)
+        ids = ids.to(device)
+        embeds = self.scatter(ids, feats)
+        mask = (torch.ones_like(ids) if mask is None else mask).to(device)
+        position_ids = (mask.long().cumsum(-1) - 1).clamp(min=0) + self.position_offset
         out = self.language_model()(
             inputs_embeds=embeds,
-            attention_mask=attention_mask,
+            attention_mask=mask,
             position_ids=position_ids,
-            **self.extra_inputs(input_ids, attention_mask, target_lengths),
+            **self.extra_inputs(ids, mask, lengths),
         )
         return out.logits
+
+    def language_generate(
+        self, ids: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor, **kwargs: Any
+    ) -> torch.Tensor:
+        """:meth:`generate_ids` given the language-model embeddings ``feats`` of the image."""
+        embeds = self.scatter(ids, feats)  # also checks the token count
+        if self.generate_with_encoder_outputs:
+            from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+            out = self.model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=feats)},
+                **self.extra_inputs(ids, mask, None),
+                **kwargs,
+            )
+            return out[:, ids.shape[1] :]
+        out = self.language_model().generate(
+            inputs_embeds=embeds,
+            attention_mask=mask,
+            **self.extra_inputs(ids, mask, None),
+            **kwargs,
+        )
+        return out[:, self.generated_offset :]
 
     def generate_ids(
         self,
@@ -309,31 +343,13 @@ class ImageTokenEncoder(ImageEncoder):
         token ids with the projected features passed as pre-computed image outputs
         (``mm_encoder_outputs``), which the model's forward writes at the image tokens
         exactly as it does its own."""
-        embeds = self.embed(input_ids, image_features, stage)  # also checks the token count
-        if self.generate_with_encoder_outputs:
-            from transformers.modeling_outputs import BaseModelOutputWithPooling
-
-            feats = self.to_language(image_features, stage)
-            out = self.model.generate(
-                input_ids=input_ids,
-                attention_mask=attention_mask,
-                mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=feats)},
-                **self.extra_inputs(input_ids, attention_mask, None),
-                **generate_kwargs,
-            )
-            return out[:, input_ids.shape[1] :]
-        out = self.language_model().generate(
-            inputs_embeds=embeds,
-            attention_mask=attention_mask,
-            **self.extra_inputs(input_ids, attention_mask, None),
-            **generate_kwargs,
-        )
-        return out[:, self.generated_offset :]
+        feats = self.to_language(image_features, stage)
+        return self.language_generate(input_ids, attention_mask, feats, **generate_kwargs)
 
     def generate(
         self,
         image_features: torch.Tensor,
-        prompts: str | Sequence[str],
+        prompts: Texts,
         *,
         processor_or_tokenizer: Any | None = None,
         stage: str | None = None,
@@ -350,43 +366,41 @@ class ImageTokenEncoder(ImageEncoder):
 
         with self.handing_back(prompts, image_features.shape[0]):
             seqs = self._batch(tok, image_features, prompts, stage)
-            device = _embedding_device(self.model)
-            return _generate_batch(tok, seqs, device, generate, return_text, **generate_kwargs)
+            device = prompting._embedding_device(self.model)
+            return prompting._generate_batch(
+                tok, seqs, device, generate, return_text, **generate_kwargs
+            )
 
     def loglikelihood(
         self,
         image_features: torch.Tensor,
-        prompts: str | Sequence[str],
-        targets: str | Sequence[str],
+        prompts: Texts,
+        targets: Texts,
         *,
         processor_or_tokenizer: Any | None = None,
         stage: str | None = None,
-        reduction: Literal["sum", "mean"] = "sum",
+        reduction: Reduction = "sum",
     ) -> torch.Tensor:
         """Log-likelihood ``(B,)`` of ``targets`` after ``prompts`` given ``image_features``;
         differentiable in the features (and through them in the images)."""
-        _check_reduction(reduction)
+        prompting._check_reduction(reduction)
         tok = self._tok(processor_or_tokenizer)
         with self.handing_back(prompts, image_features.shape[0]):
             prompt_seqs = self._batch(tok, image_features, prompts, stage)
-            return self.score_targets(tok, prompt_seqs, targets, image_features, stage, reduction)
+            feats = self.to_language(image_features, stage)
+            return self.score_targets(tok, prompt_seqs, targets, feats, reduction)
 
     def score_targets(
-        self,
-        tok: Any,
-        prompt_seqs: list[list[int]],
-        targets: str | Sequence[str],
-        image_features: torch.Tensor,
-        stage: str | None,
-        reduction: Literal["sum", "mean"],
+        self, tok: Any, seqs: list[list[int]], targets: Texts, feats: torch.Tensor, reduction: str
     ) -> torch.Tensor:
-        """Log-likelihood ``(B,)`` of ``targets`` after the prompt ids ``prompt_seqs`` (image
-        tokens expanded) given ``image_features``; differentiable in the features."""
+        """Log-likelihood ``(B,)`` of ``targets`` after the prompt ids ``seqs`` (image
+        tokens expanded) given the language-model embeddings ``feats`` of the images;
+        differentiable in them."""
 
         def logits(ids: torch.Tensor, mask: torch.Tensor, lengths: list[int]) -> torch.Tensor:
-            return self.logits(ids, image_features, mask, stage=stage, target_lengths=lengths)
+            return self.language_logits(ids, feats, mask, lengths)
 
-        return _loglikelihood_batch(tok, prompt_seqs, targets, logits, reduction)
+        return prompting._loglikelihood_batch(tok, seqs, targets, logits, reduction)
 
 
 class TowerProjectorEncoder(ImageTokenEncoder):
@@ -440,9 +454,9 @@ def _expanded_prompts(
 ) -> list[list[int]]:
     """Token ids of ``prompts`` (one or one per image), each with its one image token
     expanded to the ``T_i`` features of its image."""
-    texts = _broadcast_texts(prompts, len(features), "prompts")
+    texts = prompting._broadcast_texts(prompts, len(features), "prompts")
     return [
-        _expand_image_tokens(list(tok(p)["input_ids"]), image_id, f.shape[0])
+        prompting._expand_image_tokens(list(tok(p)["input_ids"]), image_id, f.shape[0])
         for p, f in zip(texts, features)
     ]
 
@@ -463,9 +477,9 @@ def generate_with_outputs(
     ``image_sizes``, ``mm_token_type_ids``...). Returns the new token ids ``(B, L_new)`` or,
     with ``return_text``, their decoded text.
     """
-    tok = _tokenizer_of(tokenizer)
+    tok = prompting._tokenizer_of(tokenizer)
     feats = list(features)
-    seqs = _expanded_prompts(tok, prompts, feats, _image_token_id(model.config))
+    seqs = _expanded_prompts(tok, prompts, feats, prompting._image_token_id(model.config))
 
     def generate(ids: torch.Tensor, mask: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         out = model.generate(
@@ -477,8 +491,8 @@ def generate_with_outputs(
         )
         return out[:, ids.shape[1] :]
 
-    device = _embedding_device(model)
-    return _generate_batch(tok, seqs, device, generate, return_text, **generate_kwargs)
+    device = prompting._embedding_device(model)
+    return prompting._generate_batch(tok, seqs, device, generate, return_text, **generate_kwargs)
 
 
 def loglikelihood_with_outputs(
@@ -494,11 +508,11 @@ def loglikelihood_with_outputs(
 ) -> torch.Tensor:
     """Log-likelihood ``(B,)`` of ``targets`` after ``prompts`` given ``features``;
     differentiable with respect to the features (and through them the images)."""
-    _check_reduction(reduction)
-    tok = _tokenizer_of(tokenizer)
+    prompting._check_reduction(reduction)
+    tok = prompting._tokenizer_of(tokenizer)
     feats = list(features)
-    seqs = _expanded_prompts(tok, prompts, feats, _image_token_id(model.config))
-    device = _embedding_device(model)
+    seqs = _expanded_prompts(tok, prompts, feats, prompting._image_token_id(model.config))
+    device = prompting._embedding_device(model)
 
     def logits(ids: torch.Tensor, mask: torch.Tensor, lengths: list[int]) -> torch.Tensor:
         ids, mask = ids.to(device), mask.to(device)
@@ -513,4 +527,4 @@ def loglikelihood_with_outputs(
         )
         return out.logits
 
-    return _loglikelihood_batch(tok, seqs, targets, logits, reduction)
+    return prompting._loglikelihood_batch(tok, seqs, targets, logits, reduction)

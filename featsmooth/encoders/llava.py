@@ -47,6 +47,8 @@ from featsmooth.encoders.prompts import (
 )
 from featsmooth.errors import InputError
 
+Floats = Sequence[float]
+
 
 def _llava_parts(model: nn.Module) -> tuple[nn.Module, nn.Module, Any]:
     """``(vision_tower, multi_modal_projector, config)`` of a LLaVA-type model (4.x and 5.x)."""
@@ -99,7 +101,52 @@ def _unwrap_llava(model: Any, stage: Stage | None = None) -> tuple[nn.Module, An
     return model, None, stage
 
 
-class LlavaVisionTower(ImageEncoder):
+class LlavaTowerBase(ImageEncoder):
+    """What the LLaVA towers share: the model, its tokenizer, the stage and the selection of
+    vision-tower hidden states (``vision_feature_layer`` / ``vision_feature_select_strategy``,
+    by default the model config's, checked); a tower sets up its input in :meth:`_setup`.
+
+    Args (keyword-only after ``model``): ``stage``, ``vision_feature_layer``,
+    ``vision_feature_select_strategy``, ``tokenizer``, ``mean``, ``std`` (CLIP's by
+    default), ``image_size`` (the tower's square input; default the vision config's) and
+    ``name`` (default the class's ``default_name``).
+    """
+
+    default_name: str = "llava"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        stage: Stage = "vision",
+        vision_feature_layer: int | Sequence[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        tokenizer: Any | None = None,
+        mean: Sequence[float] = OPENAI_CLIP_MEAN,
+        std: Sequence[float] = OPENAI_CLIP_STD,
+        image_size: int | Sequence[int] | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        _check_stage(stage)
+        self._setup(model, _as_size(image_size), mean, std)  # checks the model's layout
+        self.model = model
+        self.tokenizer = tokenizer
+        self.stage = stage
+        self.vision_feature_layer, self.vision_feature_select_strategy = _feature_selection(
+            model.config, vision_feature_layer, vision_feature_select_strategy
+        )
+        self.name = self.default_name if name is None else name
+
+    def _setup(
+        self, model: nn.Module, size: tuple[int, int] | None, mean: Floats, std: Floats
+    ) -> None:
+        """Check ``model``'s layout; set ``image_size`` (``size`` given or ``None``) and the
+        normalisation."""
+        raise NotImplementedError
+
+
+class LlavaVisionTower(LlavaTowerBase):
     """The image tokens of a LLaVA-type model, in pixel units; output ``(B, T, D)``.
 
     Features are selected exactly as the model selects them: hidden state(s)
@@ -120,31 +167,14 @@ class LlavaVisionTower(ImageEncoder):
         tokenizer: the model's tokenizer or processor (for :meth:`generate`/:meth:`loglikelihood`).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        stage: Stage = "vision",
-        vision_feature_layer: int | Sequence[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        tokenizer: Any | None = None,
-        mean: Sequence[float] = OPENAI_CLIP_MEAN,
-        std: Sequence[float] = OPENAI_CLIP_STD,
-        image_size: int | Sequence[int] | None = None,
-        name: str = "llava",
+    default_name = "llava"
+
+    def _setup(
+        self, model: nn.Module, size: tuple[int, int] | None, mean: Floats, std: Floats
     ) -> None:
-        super().__init__()
-        _check_stage(stage)
         tower, projector, config = _llava_parts(model)
-        self.model = model
-        self.tokenizer = tokenizer
-        self.stage = stage
-        self.vision_feature_layer, self.vision_feature_select_strategy = _feature_selection(
-            config, vision_feature_layer, vision_feature_select_strategy
-        )
-        self.image_size = _as_size(image_size) or _image_size_of(config.vision_config)
+        self.image_size = size or _image_size_of(config.vision_config)
         self.preprocess = Preprocess(self.image_size, mean=mean, std=std)
-        self.name = name
         self._tower = [tower]  # plain lists: already registered through self.model
         self._projector = [projector]
 

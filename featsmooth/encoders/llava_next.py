@@ -32,17 +32,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from featsmooth.encoders.base import ImageEncoder, Preprocess
+from featsmooth.encoders.base import Preprocess
 from featsmooth.encoders.hf import (
-    OPENAI_CLIP_MEAN,
-    OPENAI_CLIP_STD,
     Stage,
     _check_stage,
     _holder,
     load_pretrained_encoder,
 )
 from featsmooth.encoders.image_tokens import generate_with_outputs, loglikelihood_with_outputs
-from featsmooth.encoders.llava import _feature_selection, _select_hidden_states
+from featsmooth.encoders.llava import Floats, LlavaTowerBase, _select_hidden_states
 from featsmooth.errors import InputError
 
 MODEL_CLASSES = {
@@ -73,7 +71,7 @@ def fit_size(size: tuple[int, int], target: tuple[int, int]) -> tuple[int, int]:
     return th, min(math.ceil(width * th / height), tw)
 
 
-class LlavaAnyResTower(ImageEncoder):
+class LlavaAnyResTower(LlavaTowerBase):
     """Any-res image features of a LLaVA-NeXT / LLaVA-OneVision model (see the module).
 
     Args:
@@ -82,36 +80,24 @@ class LlavaAnyResTower(ImageEncoder):
         vision_feature_layer, vision_feature_select_strategy: default to the model config.
         tokenizer: the model's tokenizer or processor (for :meth:`generate`).
         mean, std: the processor's normalisation.
+        image_size: the tile size of the vision tower (its default; any other is refused).
+        name: default ``"llava_next"``.
     """
 
     #: :func:`featsmooth.encoders.hf.generate_with_image_features` calls our own methods
     hands_back_features = True
 
-    def __init__(
-        self,
-        model: nn.Module,
-        *,
-        stage: Stage = "vision",
-        vision_feature_layer: int | Sequence[int] | None = None,
-        vision_feature_select_strategy: str | None = None,
-        tokenizer: Any | None = None,
-        mean: Sequence[float] = OPENAI_CLIP_MEAN,
-        std: Sequence[float] = OPENAI_CLIP_STD,
-        name: str = "llava_next",
+    default_name = "llava_next"
+
+    def _setup(
+        self, model: nn.Module, size: tuple[int, int] | None, mean: Floats, std: Floats
     ) -> None:
-        super().__init__()
-        _check_stage(stage)
         base = _holder(model, "pack_image_features", "is not a LLaVA-NeXT / OneVision model")
         config = model.config
-        self.model = model
         self.kind = config.model_type
-        self.stage = stage
-        self.tokenizer = tokenizer
-        self.name = name
-        self.vision_feature_layer, self.vision_feature_select_strategy = _feature_selection(
-            config, vision_feature_layer, vision_feature_select_strategy
-        )
         self.tile = int(config.vision_config.image_size)
+        if size is not None and tuple(size) != (self.tile, self.tile):
+            raise InputError(f"image_size must be the tower's tile size {self.tile}, got {size}")
         self.image_size = (self.tile, self.tile)
         self.pinpoints = [tuple(int(v) for v in p) for p in config.image_grid_pinpoints]
         self.normalise = Preprocess(None, mean=mean, std=std)

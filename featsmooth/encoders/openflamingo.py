@@ -54,7 +54,7 @@ from featsmooth.encoders.hf import (
     _resolve_dtype,
     unavailable_error,
 )
-from featsmooth.encoders.image_tokens import ImageTokenEncoder
+from featsmooth.encoders.image_tokens import ImageTokenEncoder, MaybeTensor
 from featsmooth.encoders.prompts import _embedding_device
 from featsmooth.errors import InputError, ModelUnavailableError
 
@@ -473,53 +473,34 @@ class OpenFlamingoEncoder(ImageTokenEncoder):
     def language_model(self) -> nn.Module:
         return self.model.lang_encoder
 
-    def _latents(
-        self, image_features: torch.Tensor, stage: str | None, input_ids: torch.Tensor
-    ) -> torch.Tensor:
-        """Perceiver latents of ``image_features``, one image per prompt of ``input_ids``,
-        on the device of ``input_ids``."""
-        latents = self.to_language(image_features, stage).to(input_ids.device)
-        if latents.shape[0] != input_ids.shape[0]:
-            raise InputError(f"{latents.shape[0]} images for {input_ids.shape[0]} prompts")
-        return latents
+    def _latents(self, feats: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """Perceiver latents ``feats`` (one image per prompt of ``input_ids``) on the device
+        of ``input_ids``."""
+        if feats.shape[0] != input_ids.shape[0]:
+            raise InputError(f"{feats.shape[0]} images for {input_ids.shape[0]} prompts")
+        return feats.to(input_ids.device)
 
-    def logits(
-        self,
-        input_ids: torch.Tensor,
-        image_features: torch.Tensor,
-        attention_mask: torch.Tensor | None = None,
-        *,
-        stage: str | None = None,
-        target_lengths: list[int] | None = None,
+    def language_logits(
+        self, ids: torch.Tensor, feats: torch.Tensor, mask: MaybeTensor, lengths: list[int] | None
     ) -> torch.Tensor:
-        """Next-token logits with ``image_features`` read by the cross-attention layers."""
+        """Next-token logits with the perceiver latents ``feats`` read by the cross-attention
+        layers."""
         lm = self.language_model()
-        input_ids = input_ids.to(_embedding_device(lm))
-        latents = self._latents(image_features, stage, input_ids)
-        device = input_ids.device
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        attention_mask = attention_mask.to(device)
+        ids = ids.to(_embedding_device(lm))
+        latents = self._latents(feats, ids)
+        mask = (torch.ones_like(ids) if mask is None else mask).to(ids.device)
         kwargs: dict[str, Any] = {}
         if "position_ids" in inspect.signature(lm.forward).parameters:  # not MPT (ALiBi)
-            kwargs["position_ids"] = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+            kwargs["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
         with self.model.conditioned(latents):
-            out = lm(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            out = lm(input_ids=ids, attention_mask=mask, **kwargs)
         return out.logits
 
-    def generate_ids(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        image_features: torch.Tensor,
-        stage: str | None,
-        **generate_kwargs: Any,
+    def language_generate(
+        self, ids: torch.Tensor, mask: torch.Tensor, feats: torch.Tensor, **kwargs: Any
     ) -> torch.Tensor:
-        latents = self._latents(image_features, stage, input_ids)
-        out = self.model.generate_with_latents(
-            latents, input_ids, attention_mask, **generate_kwargs
-        )
-        return out[:, input_ids.shape[1] :]
+        out = self.model.generate_with_latents(self._latents(feats, ids), ids, mask, **kwargs)
+        return out[:, ids.shape[1] :]
 
 
 # --------------------------------------------------------------------------- loading

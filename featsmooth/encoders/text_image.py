@@ -190,26 +190,19 @@ class OpenClipEncoder(_TextImageEncoder):
     """Adapter for an already-loaded open_clip-style model (``encode_image``/``encode_text``).
 
     open_clip itself is never imported: pass the model object, its tokenizer (a callable
-    ``texts -> LongTensor``) and its preprocessing numbers.
+    ``texts -> LongTensor``) and its preprocessing numbers: ``mean``/``std`` (CLIP's by
+    default), ``image_size`` (default 224) and ``name`` (default ``"open_clip"``).
     """
 
-    def __init__(
-        self,
-        model: nn.Module,
-        tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
-        *,
-        mean: Sequence[float] = OPENAI_CLIP_MEAN,
-        std: Sequence[float] = OPENAI_CLIP_STD,
-        image_size: int | Sequence[int] = 224,
-        name: str = "open_clip",
-    ) -> None:
+    default_name = "open_clip"
+    default_image_size = 224
+
+    @classmethod
+    def _input_size(cls, model: nn.Module, image_size: int | Sequence[int] | None) -> Any:
         if not callable(getattr(model, "encode_image", None)):
             raise InputError("an open_clip-style model needs an encode_image method")
-        super().__init__(model, tokenizer, mean=mean, std=std, image_size=image_size, name=name)
-
-    @staticmethod
-    def _input_size(model: nn.Module, image_size: int | Sequence[int] | None) -> Any:
-        return _as_size(image_size)  # open_clip models carry no transformers config
+        # open_clip models carry no transformers config
+        return _as_size(cls.default_image_size if image_size is None else image_size)
 
     def _has_text(self) -> bool:
         return callable(getattr(self.model, "encode_text", None))
