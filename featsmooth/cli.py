@@ -187,6 +187,13 @@ def settings_command(
 # Commands
 
 
+#: what certify and demo report while they run
+RUN_CALLBACKS = {
+    "on_record": _on_record, "on_start": _on_start, "on_config": _on_config,
+    "on_tuning": _on_tuning, "on_cost": _on_cost,
+}  # fmt: skip
+
+
 def _print_version(value: bool) -> None:
     if value:
         from featsmooth.versions import featsmooth_version
@@ -247,16 +254,7 @@ def demo(
 
     if fast:
         out.print("fast preset: 2 photos and few samples, a smoke test: the bounds are loose")
-    result = api.demo(
-        fast=fast,
-        config_file=config,
-        on_record=_on_record,
-        on_start=_on_start,
-        on_config=_on_config,
-        on_tuning=_on_tuning,
-        on_cost=_on_cost,
-        **given,
-    )
+    result = api.demo(fast=fast, config_file=config, **RUN_CALLBACKS, **given)
     for note in result.notes:
         err.print(f"[bold red]!!! {escape(note)}[/bold red]", soft_wrap=True)
     print_run(result)
@@ -286,15 +284,7 @@ def certify(*, config: Path | None, given: dict[str, Any]) -> None:
     """
     from featsmooth import api
 
-    result = api.certify(
-        config_file=config,
-        on_record=_on_record,
-        on_start=_on_start,
-        on_config=_on_config,
-        on_tuning=_on_tuning,
-        on_cost=_on_cost,
-        **given,
-    )
+    result = api.certify(config_file=config, **RUN_CALLBACKS, **given)
     print_run(result)
 
 

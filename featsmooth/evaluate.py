@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -323,6 +323,10 @@ def evaluate(
     center: Any = None,
     progress: bool | Callable[[str], None] = False,
     extra_settings: dict[str, Any] | None = None,
+    certify: bool = True,
+    contents: Sequence[Mapping[str, str]] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_record: Callable[[dict[str, Any], bool], None] | None = None,
 ) -> EvaluationResult:
     """Attack and score an encoder under several settings (see the module docstring).
 
@@ -356,7 +360,16 @@ def evaluate(
         sample_batch_size: noisy images per forward pass when sampling.
         center: optional feature centre (see SmoothedEncoder).
         progress: ``True`` prints one line per step; a callable receives those lines.
-        extra_settings: more values saved in the run's settings (e.g. a bench's flags).
+        extra_settings: more values saved in the run's settings (e.g. a bench's flags);
+            they override the harness's own (``command``, for a front end of its own).
+        certify: ``False`` attacks and judges only: no certificates, no consistency check
+            (``featsmooth attack``).
+        contents: per image, the record fields identifying its content (``{"sha256":
+            ...}`` of its file): stored in each record, and a resumed run refuses an image
+            whose content changed.
+        on_start: called as ``on_start(done, todo)`` with the records found and still to
+            write, once the run folder is open.
+        on_record: called as ``on_record(record, is_new)`` for each record written now.
 
     Returns:
         :class:`EvaluationResult`.
@@ -368,6 +381,8 @@ def evaluate(
     names = [f"img{i}" for i in range(b)] if names is None else [str(v) for v in names]
     if len(names) != b or len(set(names)) != b:
         raise InputError("names must be unique, one per image")
+    if contents is not None and len(contents) != b:
+        raise InputError(f"got {len(contents)} contents for {b} images")
     if captions is not None and class_embeddings is not None:
         raise InputError("give class_embeddings (zero-shot) or captions (retrieval), not both")
     if captions is not None:
@@ -434,8 +449,9 @@ def evaluate(
         # images are attacked in fixed blocks of batch_size: result-defining, unlike the
         # volatile batch_size (kept for readers of older runs)
         attack_batch_size=batch_size,
-        **(extra_settings or {}),
+        **({} if certify else {"certify": False}),
     )
+    run_settings.update(extra_settings or {})
     writer = None
     if run_dir is not None:
         from featsmooth.records import RunWriter
@@ -443,8 +459,12 @@ def evaluate(
         writer = RunWriter(run_dir, run_settings).open()
     memory: list[dict[str, Any]] = list(writer.records) if writer is not None else []
     done = {tuple(r["key"]) for r in memory if isinstance(r.get("key"), list)}
+    content = {names[i]: dict(contents[i]) for i in range(b)} if contents is not None else {}
+    if writer is not None and content:
+        writer.check_content({k: content[k[0]] for k in done if k and k[0] in content})
 
     def write(record: dict[str, Any]) -> None:
+        record.update(content.get(record["image"], {}))
         if writer is not None:
             stored = writer.write(record)
             memory.append(stored)
@@ -454,20 +474,25 @@ def evaluate(
             memory.append(to_jsonable(record))
         done.add(tuple(record["key"]))
         bar.advance(1, info=f"{record['setting']} {record.get('attack_id', 'certificate')}")
+        if on_record is not None:
+            on_record(memory[-1], True)
 
     opts = _Options(
         eot_draws=eot_draws, judge_draws=judge_draws, n0=n0, n=n, alpha=alpha, method=method,
         radii=radii_arr, consistency_draws=consistency_draws,
         consistency_alpha=consistency_alpha, cosine_threshold=cosine_threshold, seed=seed,
-        batch_size=batch_size, run_dir=run_dir,
+        batch_size=batch_size, run_dir=run_dir, certify=certify,
     )  # fmt: skip
     data = _Data(x_all, names, primary, acceptable, classes, target_images)
     expected = {
         (name, setting.name, what)
         for setting in built
         for name in names
-        for what in [s.attack_id for s in specs] + (["certificate"] if setting.smoothed else [])
+        for what in [s.attack_id for s in specs]
+        + (["certificate"] if setting.smoothed and certify else [])
     }
+    if on_start is not None:
+        on_start(len(expected & done), len(expected - done))
     bar = Bar(bool(progress), len(expected - done), "evaluate", unit="records")
     try:
         for setting in built:
@@ -502,6 +527,7 @@ class _Options:
     seed: int
     batch_size: int
     run_dir: Any
+    certify: bool = True
 
 
 @dataclass(frozen=True)
@@ -530,6 +556,7 @@ def _run_setting(
     x_all, names, primary, acceptable = data.x_all, data.names, data.primary, data.acceptable
     classes, target_images = data.classes, data.target_images
     seed, judge_draws, method = opts.seed, opts.judge_draws, opts.method
+    certified = setting.smoothed and opts.certify
     sm = setting.model
     b = x_all.shape[0]
 
@@ -546,7 +573,7 @@ def _run_setting(
         for block in blocks
         if any(
             any(key(i, s.attack_id) not in done for s in specs)
-            or (setting.smoothed and key(i, "certificate") not in done)
+            or (certified and key(i, "certificate") not in done)
             for i in block
         )
         for i in block
@@ -561,7 +588,7 @@ def _run_setting(
     clean_seeds = [noise_seed(seed, (names[i], setting.name, "clean"), "judge") for i in needed]
     clean = _outputs(setting, x, classes, judge_draws, clean_seeds)
     certs: list[Any] = [None] * len(needed)
-    if setting.smoothed:
+    if certified:
         image_seeds = [noise_seed(seed, names[i], "certify") for i in needed]
         if classes is not None:
             certs = sm.certify_prediction(
@@ -609,7 +636,7 @@ def _run_setting(
             judge_seeds = [noise_seed(seed, key(i, spec.attack_id), "judge") for i in block]
             adv_out = _outputs(setting, adv, classes, judge_draws, judge_seeds)
             consistency = None
-            if setting.smoothed:
+            if certified:
                 consistency = check_consistency(
                     sm, xb, adv, [certs[j] for j in rows], n=opts.consistency_draws,
                     alpha=opts.consistency_alpha, method=method,

@@ -1,19 +1,19 @@
 """``featsmooth attack``: untargeted white-box feature attacks on the plain and the smoothed
-encoder, one record per image, setting and budget."""
+encoder, one record per image, setting and budget. A mode of the one evaluation harness
+(:func:`featsmooth.evaluate.evaluate` with ``certify=False``): the same attacks, seeds,
+judging and records as ``featsmooth evaluate`` on a feature-only task, without the
+certificates and the consistency check."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-
-import torch
 
 from featsmooth import config as C
 from featsmooth import loading
 from featsmooth.commands.common import (
-    Callback,
+    Callbacks,
     RunResult,
     default_run_dir,
     require_images,
@@ -21,90 +21,21 @@ from featsmooth.commands.common import (
 )
 from featsmooth.data.sources import select_images
 from featsmooth.errors import InputError
-from featsmooth.progress import Bar
-from featsmooth.seeds import SCHEME as SEED_SCHEME
-from featsmooth.seeds import noise_seed
+from featsmooth.evaluation_results import DEFAULT_SETTINGS as SETTINGS
 
-SETTINGS = ("vanilla", "fs", "fs+plugin")
-
-
-def _cos(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.flatten().double(), b.flatten().double()
-    return float(a @ b / (a.norm() * b.norm()).clamp_min(1e-300))
-
-
-def _attack_one(
-    cfg: C.AttackConfig,
-    cls: Any,
-    sm: Any,
-    setting: str,
-    x: torch.Tensor,
-    key: str,
-    record_key: str,
-    eps: float,
-) -> dict[str, Any]:
-    """Attack one image ``x`` ``(1, C, H, W)`` in one setting at one budget; its record."""
-    from featsmooth.attacks import EoTObjective, FeatureCosine
-
-    t0 = time.perf_counter()
-    kw = {"steps": cfg.steps, "restarts": cfg.restarts}
-    kw["seed"] = noise_seed(cfg.seed, record_key, "attack")
-    if cfg.step_size is not None:
-        kw["step_size"] = cfg.step_size
-    if setting == "vanilla":
-        with torch.no_grad():
-            ref = sm.features(x)
-        objective = FeatureCosine(reference_features=ref)
-        result = cls(sm.features, objective, cfg.norm, eps, **kw)(x)
-        with torch.no_grad():
-            adv_cos = _cos(sm.features(result.adv_images), ref)
-    else:
-        ref_seed = [noise_seed(cfg.seed, (key, "reference"), "judge")]
-        ref = sm.predict_feature(x, cfg.judge_draws, seed=ref_seed)
-
-        def model_fn(z: torch.Tensor) -> torch.Tensor:
-            return sm.noisy_features(z, cfg.eot)
-
-        objective = EoTObjective(FeatureCosine(reference_features=ref), mode="mean_feature")
-        result = cls(model_fn, objective, cfg.norm, eps, **kw)(x)
-        judge_seed = [noise_seed(cfg.seed, record_key, "judge")]
-        adv_cos = _cos(sm.predict_feature(result.adv_images, cfg.judge_draws, seed=judge_seed), ref)
-    smoothed = setting != "vanilla"
-    return {
-        "key": record_key,
-        "image": key,
-        "model": cfg.model,
-        "setting": setting,
-        "attack": cfg.attack,
-        "objective": "feature-cosine",
-        "norm": cfg.norm,
-        "eps": float(eps),
-        "steps": cfg.steps,
-        "sigma": cfg.sigma if smoothed else None,
-        "eot": cfg.eot if smoothed else None,
-        "judge_draws": cfg.judge_draws if smoothed else None,
-        "distance": float(result.distance[0]),
-        "adv_cosine": adv_cos,
-        "success": adv_cos < cfg.success_cosine,
-        "seconds": time.perf_counter() - t0,
-    }
+#: images attacked together in one call (a resumed run redoes whole blocks)
+ATTACK_BLOCK = 4
 
 
 def attack(
-    model: str | None = None,
-    *,
-    config_file: str | Path | None = None,
-    on_record: Callback | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    on_config: Callable[[Any], None] | None = None,
-    **settings: Any,
+    model: str | None = None, *, config_file: str | Path | None = None, **settings: Any
 ) -> RunResult:
     """Untargeted white-box feature attacks on the plain and the smoothed encoder.
 
     Threat model: ``||x' - x||_p <= eps`` (``norm`` l2 or linf, pixel units) and ``x'`` in
-    [0, 1]; the attack (PGD or APGD) minimises the cosine between the attacked and the clean
-    feature. Per image, setting and eps one record (attack schema of
-    :mod:`featsmooth.records`): ``adv_cosine`` and ``success = adv_cosine < success_cosine``.
+    [0, 1]; the attack (PGD or APGD) minimises the cosine between the attacked and the
+    unattacked feature. Per image, setting and eps one attack record (schema:
+    :mod:`featsmooth.schema`): ``adv_cosine`` and ``success = adv_cosine < success_cosine``.
 
     * ``vanilla``: the encoder's own unit feature ``f``; ``adv_cosine = cos(f(x'), f(x))``.
     * ``fs`` (and ``fs+plugin`` with ``plugin=``): the smoothed encoder at ``sigma``. The
@@ -113,93 +44,69 @@ def attack(
       fresh draws: ``adv_cosine = cos(f_hat(x'), f_hat(x))`` with both smoothed features
       estimated from ``judge_draws`` draws not used by the attack.
 
-    Settings: the fields of :class:`featsmooth.config.AttackConfig`.
+    Settings: the fields of :class:`featsmooth.config.AttackConfig`; callbacks
+    ``on_config``, ``on_start`` and ``on_record`` as in :func:`featsmooth.api.certify`.
     """
-    from featsmooth import SmoothedEncoder
-    from featsmooth.records import VOLATILE_KEYS, RunWriter
+    from featsmooth.attack_specs import AttackSpec
+    from featsmooth.checks import run_checks
+    from featsmooth.evaluate import evaluate
 
     start = time.perf_counter()
+    report = Callbacks.take(settings)
     cfg = resolve(C.AttackConfig, "attack", model, config_file, settings)
-    from featsmooth.attacks import get_attack
-
-    # `featsmooth attack` drives objective attacks; embedding matching lives in `evaluate`
-    cls = get_attack(cfg.attack, embedding=False)
-    if cfg.norm not in ("l2", "linf"):
-        raise InputError(f"unknown norm {cfg.norm!r}; choose l2 or linf")
-    if cfg.objective != "cosine":
-        raise InputError(f"unknown objective {cfg.objective!r}; the CLI offers: cosine")
     unknown = sorted(set(cfg.settings) - set(SETTINGS))
     if unknown or not cfg.settings:
         raise InputError(f"unknown setting(s) {unknown}; choose from {', '.join(SETTINGS)}")
     if "fs+plugin" in cfg.settings and not cfg.plugin:
         raise InputError("setting fs+plugin needs --plugin FOLDER (a trained plug-in)")
+    if cfg.dtype != "float32":
+        raise InputError("attack runs the model in float32 only; drop --dtype")
+    # `featsmooth attack` drives objective attacks; embedding matching lives in `evaluate`
+    specs = [
+        AttackSpec(cfg.attack, cfg.norm, eps, cfg.steps, objective="auto",
+                   step_size=cfg.step_size, restarts=cfg.restarts)
+        for eps in cfg.eps
+    ]  # fmt: skip
+    if any(s.matches_target_embeddings for s in specs):
+        raise InputError(f"{cfg.attack} matches target embeddings: use featsmooth evaluate")
     require_images(cfg)
     if cfg.run_dir is None:
         cfg.run_dir = f"{default_run_dir(cfg, 'attack')}-{cfg.norm}"
-    if on_config is not None:
-        on_config(cfg)
+    report.config(cfg)
     encoder = loading.load_model(cfg.model, cfg.device, cfg.dtype)
     size = loading.run_image_size(cfg, encoder)
     source = select_images(cfg.images, cfg.photos, size, None)
-    dtype = loading.torch_dtype(cfg.dtype)
-    common = {"device": cfg.device, "input_dtype": dtype, "batch_size": cfg.batch_size}
-    smoothers = {"vanilla": SmoothedEncoder(encoder, cfg.sigma, **common)}
-    if "fs" in cfg.settings:
-        smoothers["fs"] = smoothers["vanilla"]
-    if "fs+plugin" in cfg.settings:
-        plugin = loading.load_plugin(cfg.plugin, cfg.device)
-        smoothers["fs+plugin"] = SmoothedEncoder(encoder, cfg.sigma, plugin=plugin, **common)
-    from featsmooth.checks import run_checks
-
+    plugin = loading.load_plugin(cfg.plugin, cfg.device) if "fs+plugin" in cfg.settings else None
     checks = run_checks(
-        sigma=cfg.sigma,
-        model_is_randomized=any(s != "vanilla" for s in cfg.settings),
-        eot_draws=cfg.eot,
-        eps=None,
-    )
+        sigma=cfg.sigma, model_is_randomized=any(s != "vanilla" for s in cfg.settings),
+        eot_draws=cfg.eot, eps=None,
+    )  # fmt: skip
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     C.save_config(cfg, cfg.run_dir, "attack")  # before the work: a killed run resumes with it
-    settings_rec = {"command": "attack", **C.to_dict(cfg), "size": size, "seeds": SEED_SCHEME}
-    settings_rec["images"] = source.description if cfg.images is None else cfg.images
-    jobs = [
-        (i, key, setting, eps)
-        for i, key in enumerate(source.keys)
-        for setting in cfg.settings
-        for eps in cfg.eps
-    ]
-    records: list[dict[str, Any]] = []
-    new = skipped = 0
-    with RunWriter(cfg.run_dir, settings_rec, resume=True, volatile=VOLATILE_KEYS) as writer:
-        rkey = [f"{key}|{setting}|{cfg.attack}|{cfg.norm}|{eps:g}" for _, key, setting, eps in jobs]
-        writer.check_content({k: source.content(j[0]) for j, k in zip(jobs, rkey) if k in writer})
-        todo = sum(1 for k in rkey if k not in writer)
-        if on_start is not None:
-            on_start(len(jobs) - todo, todo)
-        bar = Bar(cfg.progress, todo, "attack", unit="jobs")
-        for (i, key, setting, eps), record_key in zip(jobs, rkey):
-            if record_key in writer:
-                skipped += 1
-                records.append(writer.stored(record_key))
-                if on_record is not None:
-                    on_record(writer.stored(record_key), False)
-                continue
-            x = source.image(i).unsqueeze(0).to(smoothers["vanilla"].device)
-            record = _attack_one(cfg, cls, smoothers[setting], setting, x, key, record_key, eps)
-            record.update(source.content(i))
-            stored_record = writer.write(record)
-            records.append(stored_record)
-            new += 1
-            bar.advance(1, info=f"{key} {setting} eps {eps:g}")
-            if on_record is not None:
-                on_record(stored_record, True)
-        bar.close()
+    written: list[dict[str, Any]] = []
+
+    def record(rec: dict[str, Any], new: bool) -> None:
+        written.append(rec)
+        if report.on_record is not None:
+            report.on_record(rec, new)
+
+    result = evaluate(
+        encoder, source.all_images(), settings=list(cfg.settings), plugin=plugin,
+        sigma=cfg.sigma, attacks=specs, eot_draws=cfg.eot, judge_draws=cfg.judge_draws,
+        cosine_threshold=cfg.success_cosine, names=source.keys, run_dir=cfg.run_dir,
+        seed=cfg.seed, device=cfg.device, batch_size=ATTACK_BLOCK,
+        sample_batch_size=cfg.batch_size, certify=False,
+        progress=(lambda _line: None) if cfg.progress else False,  # the bar, not the lines
+        contents=[source.content(i) for i in range(len(source))], on_start=report.on_start,
+        on_record=record,
+        extra_settings={
+            "command": "attack", "image_source": source.description, "size": size,
+            "success_cosine": cfg.success_cosine,
+        },
+    )  # fmt: skip
+    records = [r for r in result.records if r.get("kind") == "attack"]
     return RunResult(
-        run_dir=Path(cfg.run_dir),
-        records=records,
-        new=new,
-        skipped=skipped,
-        config=cfg,
-        model=cfg.model,
-        checks=checks,
-        seconds=time.perf_counter() - start,
-    )
+        run_dir=Path(cfg.run_dir), records=records, new=len(written),
+        skipped=len(records) - len(written),
+        config=cfg, model=cfg.model, checks=checks, seconds=time.perf_counter() - start,
+    )  # fmt: skip

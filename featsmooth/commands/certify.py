@@ -4,7 +4,7 @@ of image files or the shipped photos, through the one run loop (:mod:`featsmooth
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +13,7 @@ import torch
 from featsmooth import config as C
 from featsmooth import loading
 from featsmooth.commands.common import (
-    Callback,
+    Callbacks,
     RunResult,
     default_run_dir,
     require_images,
@@ -60,14 +60,12 @@ def certify_source(
     classes: tuple[list[str], torch.Tensor] | None,
     *,
     plugin: Any = None,
-    on_record: Callback | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    on_cost: Callable[[Any], None] | None = None,
+    report: Callbacks | None = None,
 ) -> tuple[list[dict[str, Any]], int, int]:
     """Certify every image of ``source`` not yet in ``cfg.run_dir`` (each image alone, with
     the seed ``noise_seed(cfg.seed, key, "certify")``), in this process or, with
     ``cfg.ray``, on Ray workers: the same records either way (``seconds`` aside). Returns
-    ``(records, new, skipped)``. ``on_cost`` receives the measured
+    ``(records, new, skipped)``. ``report.on_cost`` receives the measured
     :class:`~featsmooth.cost.CostEstimate` of the images left (single process only)."""
     from featsmooth import runloop
     from featsmooth.records import VOLATILE_KEYS, RunWriter
@@ -96,14 +94,16 @@ def certify_source(
         sm = SmoothedEncoder(encoder, cfg.sigma, **smoothed)
         center = loading.noise_center(sm.encoder, tuple(source.image(0).shape), sm.device)
 
+    report = report or Callbacks()
+
     def start(done: int, todo: int) -> None:
-        if on_start is not None:
-            on_start(done, todo)
-        if on_cost is not None and todo and not cfg.ray:
+        if report.on_start is not None:
+            report.on_start(done, todo)
+        if report.on_cost is not None and todo and not cfg.ray:
             from featsmooth.cost import estimate_cost
 
             sm = SmoothedEncoder(encoder, cfg.sigma, center=center, **smoothed)
-            on_cost(estimate_cost(sm, source.image(0), todo, cfg.n0 + cfg.n + 1))
+            report.on_cost(estimate_cost(sm, source.image(0), todo, cfg.n0 + cfg.n + 1))
 
     spec = runloop.WorkerSpec(
         model=cfg.model if cfg.ray else encoder, sigma=cfg.sigma, device=cfg.device,
@@ -123,33 +123,22 @@ def certify_source(
             source.items(), writer, backend, spec, job, seed=cfg.seed,
             model_name=cfg.model if plugin is None else f"{cfg.model}+plugin",
             radii=cfg.radii, class_names=classes[0] if classes is not None else None,
-            progress=cfg.progress, on_start=start, on_record=on_record,
+            progress=cfg.progress, on_start=start, on_record=report.on_record,
         )  # fmt: skip
 
 
 def certify(
-    model: str | None = None,
-    *,
-    config_file: str | Path | None = None,
-    on_record: Callback | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    on_config: Callable[[Any], None] | None = None,
-    on_tuning: Callable[[Any], None] | None = None,
-    on_cost: Callable[[Any], None] | None = None,
-    **settings: Any,
+    model: str | None = None, *, config_file: str | Path | None = None, **settings: Any
 ) -> RunResult:
     """Certify the features (and, for text-image models, the zero-shot predictions) of images.
 
     Args:
         model: registry name, local folder or hub id (default ``"default"``).
         config_file: YAML/TOML settings file (flags in ``settings`` win over it).
-        on_record: called as ``on_record(record, is_new)`` for every image (also for images
-            found already done in the run folder).
-        on_start: called as ``on_start(done, todo)`` once the run folder is open.
-        on_config: called with the effective settings before any work.
-        on_tuning: called with the measured batch size and dtype (``tune=True``).
-        on_cost: called with the measured :class:`~featsmooth.cost.CostEstimate` of the
-            images left, before they are certified (single process only).
+        on_config, on_tuning, on_start, on_cost, on_record: what the run reports while it
+            runs (:class:`~featsmooth.commands.common.Callbacks`; ``on_record`` is called
+            for every image, also those found done; ``on_cost`` before the work, single
+            process only).
         **settings: any field of :class:`featsmooth.config.CertifyConfig`: ``images``
             (folder/file) or ``photos=True``, ``sigma``, ``n0``, ``n``, ``alpha``, ``method``,
             ``radii``, ``tolerance``, ``target_cosine``/``target_radius``, ``batch_size``,
@@ -167,6 +156,7 @@ def certify(
         FileNotFoundError for a missing image folder.
     """
     start = time.perf_counter()
+    report = Callbacks.take(settings)
     cfg = resolve(C.CertifyConfig, "certify", model, config_file, settings)
     if cfg.run_dir is None:
         cfg.run_dir = default_run_dir(cfg)
@@ -179,8 +169,7 @@ def certify(
         from featsmooth.runloop import import_ray
 
         import_ray()  # Ray missing: say so before loading anything
-    if on_config is not None:
-        on_config(cfg)
+    report.config(cfg)
     encoder = loading.load_model(cfg.model, cfg.device, cfg.dtype)
     plugin = loading.load_plugin(cfg.plugin, cfg.device) if cfg.plugin else None
     classes = loading.zero_shot_classes(encoder, cfg.classes, cfg.task)
@@ -191,14 +180,12 @@ def certify(
     checks = sanity_checks(cfg, source.image(0).unsqueeze(0))
     probe = torch.stack([source.image(i) for i in range(min(4, len(source.keys)))])
     cfg, encoder, tuning = loading.apply_tuning(cfg, encoder, probe)
-    if tuning is not None and on_tuning is not None:
-        on_tuning(tuning)
+    report.tuning(tuning)
     Path(cfg.run_dir).mkdir(parents=True, exist_ok=True)
     C.save_config(cfg, cfg.run_dir, "certify")  # before the work: a killed run resumes with it
     records, new, skipped = certify_source(
-        cfg, encoder, source, size, classes, plugin=plugin, on_record=on_record,
-        on_start=on_start, on_cost=on_cost,
-    )  # fmt: skip
+        cfg, encoder, source, size, classes, plugin=plugin, report=report
+    )
     return RunResult(
         run_dir=Path(cfg.run_dir), records=records, new=new, skipped=skipped, config=cfg,
         model=cfg.model, class_names=classes[0] if classes else None, checks=checks,
@@ -223,15 +210,7 @@ def unrelated_cosine(encoder: Any, images: torch.Tensor, cfg: Any) -> float | No
 
 
 def demo(
-    *,
-    fast: bool = False,
-    config_file: str | Path | None = None,
-    on_record: Callback | None = None,
-    on_start: Callable[[int, int], None] | None = None,
-    on_config: Callable[[Any], None] | None = None,
-    on_tuning: Callable[[Any], None] | None = None,
-    on_cost: Callable[[Any], None] | None = None,
-    **settings: Any,
+    *, fast: bool = False, config_file: str | Path | None = None, **settings: Any
 ) -> RunResult:
     """Certify the shipped photos with the offline zero-shot default (``"default"``).
 
@@ -243,8 +222,10 @@ def demo(
 
     If the default model or the photo packages are not installed, falls back to the
     synthetic encoder ``"synthetic-trig"`` on random images and says so in ``notes``.
+    Callbacks as in :func:`certify`.
     """
     start = time.perf_counter()
+    report = Callbacks.take(settings)
     cfg = C.resolve(
         C.DemoConfig, config_file=config_file, overrides=settings,
         preset="demo-fast" if fast else None, command="demo",
@@ -281,11 +262,9 @@ def demo(
             **{name: getattr(cfg, name) for name in shared},
         },
     )  # fmt: skip
-    if on_config is not None:
-        on_config(ccfg)
+    report.config(ccfg)
     ccfg, encoder, tuning = loading.apply_tuning(ccfg, encoder, source.all_images()[:4])
-    if tuning is not None and on_tuning is not None:
-        on_tuning(tuning)
+    report.tuning(tuning)
     classes = loading.zero_shot_classes(encoder, None, "auto")
     size = loading.model_image_size(encoder)
     # the fast preset's small n0 and n are its point, not a mistake to warn about
@@ -293,10 +272,7 @@ def demo(
     checks = sanity_checks(ccfg, source.image(0).unsqueeze(0), expected)
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     C.save_config(ccfg, run_dir, "certify")
-    records, new, skipped = certify_source(
-        ccfg, encoder, source, size, classes, on_record=on_record, on_start=on_start,
-        on_cost=on_cost,
-    )  # fmt: skip
+    records, new, skipped = certify_source(ccfg, encoder, source, size, classes, report=report)
     return RunResult(
         run_dir=Path(run_dir), records=records, new=new, skipped=skipped, config=ccfg,
         model=model, class_names=classes[0] if classes else None, checks=checks, notes=notes,

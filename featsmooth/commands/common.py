@@ -3,6 +3,7 @@ folder's default name and the result object of a certification run."""
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import warnings
 from collections.abc import Callable, Sequence
@@ -77,6 +78,40 @@ def sanity_checks(
     for w in found:
         warnings.warn(w, stacklevel=3)
     return found
+
+
+@dataclass(frozen=True)
+class Callbacks:
+    """What a long command reports while it runs; each is optional, and the commands take
+    them as keyword arguments of the same names.
+
+    Attributes:
+        on_config: the effective settings, before any work.
+        on_tuning: the measured batch size and dtype (``tune=True``).
+        on_start: ``(done, todo)`` once the run folder is open.
+        on_cost: the measured :class:`~featsmooth.cost.CostEstimate` of the work left.
+        on_record: ``(record, is_new)`` for each record, found done or written now.
+    """
+
+    on_config: Callable[[Any], None] | None = None
+    on_tuning: Callable[[Any], None] | None = None
+    on_start: Callable[[int, int], None] | None = None
+    on_cost: Callable[[Any], None] | None = None
+    on_record: Callback | None = None
+
+    @classmethod
+    def take(cls, settings: dict[str, Any]) -> Callbacks:
+        """The callbacks among the keyword arguments ``settings`` (removed from it)."""
+        names = [f.name for f in dataclasses.fields(cls)]
+        return cls(**{name: settings.pop(name) for name in names if name in settings})
+
+    def config(self, cfg: Any) -> None:
+        if self.on_config is not None:
+            self.on_config(cfg)
+
+    def tuning(self, tuning: Any) -> None:
+        if self.on_tuning is not None and tuning is not None:
+            self.on_tuning(tuning)
 
 
 @dataclass
