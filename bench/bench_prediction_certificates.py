@@ -39,7 +39,7 @@ from featsmooth.encoders import load_encoder
 from featsmooth.encoders.registry import list_models
 from featsmooth.loading import model_image_size, zero_shot_classes
 from featsmooth.seeds import noise_seed
-from featsmooth.smoothing import _cone_cosine, _min_rival_probability
+from featsmooth.smoothing import _cone_cosine
 from featsmooth.versions import environment_info
 
 CERTIFICATES = ("margin_old", "margin", "cohen", "fcsb")
@@ -76,7 +76,7 @@ def certificates(first, second, clean, emb, sigma: float, alpha: float, method: 
     timings = {}
     for name, level in (("margin", alpha), ("margin_old", alpha / (num_classes - 1))):
         start = time.perf_counter()
-        p_low = _min_rival_probability(margins, level, method, n)
+        p_low = (1.0 + bounds.min_lower_bound(margins.T, level, method, n)) / 2.0
         timings[name] = time.perf_counter() - start
         row[f"{name}_p_lower"] = float(p_low)
         row[f"{name}_radius"] = _radius(float(bounds.probability_radius(p_low, sigma)))

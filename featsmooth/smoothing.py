@@ -646,7 +646,8 @@ class SmoothedEncoder(nn.Module):
             votes_dev[i] += (scores.argmax(1) == top_cohen[i]).sum()
             if c + k == n:
                 values = margins.pop(i).cpu().numpy()
-                p_low[i] = _min_rival_probability(values, alpha, method, n)
+                # P[min_B p_B,low > min_B p_B] <= alpha, no split (Proposition 5)
+                p_low[i] = (1.0 + bounds.min_lower_bound(values.T, alpha, method, n)) / 2.0
 
         self._projection_stage(
             images, [n] * b, gens, batch_size, bar, directions, clean, proj_dev, filled, totals,
@@ -704,34 +705,6 @@ class SmoothedEncoder(nn.Module):
                 )
             )
         return results
-
-
-def _min_rival_probability(values: np.ndarray, alpha: float, method: str, horizon: int) -> float:
-    """Lower bound on ``min_B p_B``, ``p_B = E(1 + Z_B)/2``, over rivals (columns of ``values``).
-
-    Returns a value ``<= (1 + L_B)/2`` for every column ``B``, where ``L_B`` is that column's
-    lower confidence bound on ``E Z_B`` at level ``1 - alpha``, so ``P[result > min_B p_B]
-    <= alpha`` with no split over columns (docs/theory.md, Proposition 5). For the betting
-    bound, columns whose wealth test already rejects the running minimum ``m`` (so
-    ``L_B >= m``) are skipped: one wealth evaluation replaces the full bisection. Which
-    columns are skipped, and in what order they are visited, depends on the samples; the
-    inequality above holds for every outcome, so that choice costs nothing.
-    """
-    if method != "betting":
-        lows = [
-            bounds.mean_lower_bound(values[:, j], alpha, method) for j in range(values.shape[1])
-        ]
-        return (1.0 + min(lows)) / 2.0
-    cols = values.T  # (rivals, n)
-    order = np.argsort(cols.mean(axis=1))
-    best = float(bounds.betting_lower_bounds(cols[order[:1]], alpha, horizon)[0])
-    rest = cols[order[1:]]
-    if rest.shape[0]:
-        beats = bounds.betting_rejects(rest, alpha, horizon, best)
-        hard = rest[~beats]
-        if hard.shape[0]:
-            best = min(best, float(bounds.betting_lower_bounds(hard, alpha, horizon).min()))
-    return (1.0 + best) / 2.0
 
 
 def _cone_cosine(direction: torch.Tensor, emb: torch.Tensor, a: int) -> float | None:

@@ -7,7 +7,7 @@ docs/theory.md, Proposition 5: with every rival's bound at level ``alpha``, the 
 * end to end through :meth:`SmoothedEncoder.certify_prediction` with ``K = 12`` classes on
   a synthetic encoder whose smoothed feature is known exactly, so every ``p_B`` and the
   closest rival are closed forms;
-* on :func:`featsmooth.smoothing._min_rival_probability` alone, with rival samples of known
+* on :func:`featsmooth.bounds.min_lower_bound` alone, with rival samples of known
   means, where the individual bounds are also computed: *some* rival's bound fails in far
   more than ``alpha`` of the runs (a statement about all rivals at once would need the
   union bound), while the minimum fails in at most ``alpha`` of them.
@@ -27,7 +27,6 @@ from scipy import stats
 from featsmooth import SmoothedEncoder, bounds
 from featsmooth.certificates import ABSTAIN
 from featsmooth.encoders.synthetic import TrigEncoder
-from featsmooth.smoothing import _min_rival_probability
 
 SIGMA = 0.25
 ALPHA = 0.1
@@ -147,7 +146,7 @@ def test_min_of_rival_bounds_covers_where_single_bounds_do_not(draw):
     any_single_fails = np.zeros(runs, dtype=bool)
     for r in range(runs):
         values = draw(p, n, rng)
-        low_min[r] = _min_rival_probability(values, ALPHA, "betting", n)
+        low_min[r] = (1.0 + bounds.min_lower_bound(values.T, ALPHA, "betting", n)) / 2.0
         singles = (1.0 + bounds.betting_lower_bounds(values.T, ALPHA, n)) / 2.0
         any_single_fails[r] = bool(np.any(singles > p))
         # skipping rivals never raises the result above the minimum of the full bounds
@@ -161,10 +160,12 @@ def test_min_of_rival_bounds_covers_where_single_bounds_do_not(draw):
 
 
 @pytest.mark.parametrize("method", ["hoeffding", "bernstein"])
-def test_min_rival_probability_closed_form_methods(method):
+def test_min_lower_bound_closed_form_methods(method):
     rng = np.random.default_rng(3)
     p = np.array([0.8, 0.6, 0.9])
     values = _beta_columns(p, 100, rng)
     singles = [bounds.mean_lower_bound(values[:, j], ALPHA, method) for j in range(3)]
     expected = (1.0 + min(singles)) / 2.0
-    assert _min_rival_probability(values, ALPHA, method, 100) == pytest.approx(expected, abs=0)
+    assert (1.0 + bounds.min_lower_bound(values.T, ALPHA, method, 100)) / 2.0 == pytest.approx(
+        expected, abs=0
+    )
