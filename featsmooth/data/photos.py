@@ -30,6 +30,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,31 +82,36 @@ def image_to_tensor(image: Image.Image | np.ndarray, size: int | None = 224) -> 
 # ---- where each photo comes from ------------------------------------------------------
 
 
-def _skimage(name: str) -> Callable[[], np.ndarray]:
+def _from_package(name: str, package: str, module: str, read: Callable[[Any], np.ndarray]):
+    """A loader of photo ``name``: ``read(importlib.import_module(module))``; a missing
+    ``package`` is a :class:`ModelUnavailableError` naming the pip line."""
+
     def load() -> np.ndarray:
+        import importlib
+
         try:
-            from skimage import data
+            found = importlib.import_module(module)
         except ImportError as exc:
             raise ModelUnavailableError(
-                f"photo {name!r} needs scikit-image: pip install scikit-image"
+                f"photo {name!r} needs {package}: pip install {package}"
             ) from exc
+        return read(found)
+
+    return load
+
+
+def _skimage(name: str) -> Callable[[], np.ndarray]:
+    def read(data: Any) -> np.ndarray:
         image = getattr(data, name)()
         return image[0] if name == "stereo_motorcycle" else image  # the left view
 
-    return load
+    return _from_package(name, "scikit-image", "skimage.data", read)
 
 
 def _sklearn(filename: str) -> Callable[[], np.ndarray]:
-    def load() -> np.ndarray:
-        try:
-            from sklearn.datasets import load_sample_image
-        except ImportError as exc:
-            raise ModelUnavailableError(
-                f"photo {filename!r} needs scikit-learn: pip install scikit-learn"
-            ) from exc
-        return load_sample_image(filename)
-
-    return load
+    return _from_package(
+        filename, "scikit-learn", "sklearn.datasets", lambda m: m.load_sample_image(filename)
+    )
 
 
 def _matplotlib(filename: str) -> Callable[[], np.ndarray]:

@@ -65,24 +65,30 @@ def eps_text(eps: float) -> str:
     return f"{eps:g}"
 
 
-def fmt(column: str, value: Any) -> str:
-    """Human-readable cell: fractions as percentages, scores with 4 decimals."""
-    if value is None:
-        return MISSING
-    if isinstance(value, (bool, str, int)):
-        return str(value)
-    value = float(value)
+def number_text(column: str, value: float, *, percent: str = "%", digits: int = 4) -> str:
+    """A number as every table format prints it: fractions as percentages (followed by
+    ``percent``), budgets as ``k/255``, sigma and alpha short, counts and times with one
+    decimal, other scores with ``digits`` decimals; NaN as :data:`MISSING`."""
     if math.isnan(value):
         return MISSING
     if is_fraction(column):
-        return f"{100.0 * value:.1f}%"
+        return f"{100.0 * value:.1f}{percent}"
     if column == "eps":
         return eps_text(value)
     if column in ("sigma", "alpha"):
         return f"{value:g}"
     if column in ("n_used", "seconds"):
         return f"{value:.1f}" if value < 1000 else f"{value:.0f}"
-    return f"{value:.4f}"
+    return f"{value:.{digits}f}"
+
+
+def fmt(column: str, value: Any) -> str:
+    """Human-readable cell: fractions as percentages, scores with 4 decimals."""
+    if value is None:
+        return MISSING
+    if isinstance(value, (bool, str, int)):
+        return str(value)
+    return number_text(column, float(value))
 
 
 def none_certified(column: str, row: dict[str, Any]) -> bool:

@@ -138,9 +138,21 @@ def caption(
     """Caption ``images`` (optionally from smoothed features) and score with CIDEr-D."""
     texts = generate(tower, images, prompt, smoothed=smoothed, n=n, seed=seed,
                      max_new_tokens=max_new_tokens)  # fmt: skip
-    result = CaptionResult(texts, metric="cider_d", smoothed=_smooth_info(smoothed, n))
-    if references is not None:
-        result.score, result.per_item = cider_d(texts, references)
+    return _scored(texts, "cider_d", cider_d, references, smoothed, n)
+
+
+def _scored(
+    texts: list[str],
+    metric: str,
+    score: Callable[..., tuple[float, list[float]]],
+    truth: Any,
+    smoothed: Any,
+    n: int,
+) -> CaptionResult:
+    """The result of generated ``texts``, scored by ``score(texts, truth)`` when given."""
+    result = CaptionResult(texts, metric=metric, smoothed=_smooth_info(smoothed, n))
+    if truth is not None:
+        result.score, result.per_item = score(texts, truth)
     return result
 
 
@@ -160,10 +172,7 @@ def answer(
     prompts = _prompts(template, questions, images.shape[0])
     texts = generate(tower, images, prompts, smoothed=smoothed, n=n, seed=seed,
                      max_new_tokens=max_new_tokens)  # fmt: skip
-    result = CaptionResult(texts, metric="vqa_accuracy", smoothed=_smooth_info(smoothed, n))
-    if human_answers is not None:
-        result.score, result.per_item = vqa_score(texts, human_answers)
-    return result
+    return _scored(texts, "vqa_accuracy", vqa_score, human_answers, smoothed, n)
 
 
 def loglik_fn(

@@ -39,7 +39,7 @@ def number(column: str, value: Any) -> str:
     """A table cell as printed in LaTeX (rounded; fractions as percentages)."""
     import math
 
-    from featsmooth.report.text import eps_text, is_fraction, latex_text
+    from featsmooth.report.text import latex_text, number_text
 
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return MISSING
@@ -49,14 +49,7 @@ def number(column: str, value: Any) -> str:
         return latex_text(value)
     if isinstance(value, int):
         return str(value)
-    value = float(value)
-    if is_fraction(column):
-        return f"{100.0 * value:.1f}"
-    if column == "eps":
-        return eps_text(value)
-    if column in ("sigma", "alpha"):
-        return f"{value:g}"
-    return f"{value:.3f}"
+    return number_text(column, float(value), percent="", digits=3)
 
 
 def tabular(columns: Sequence[str], rows: Sequence[dict[str, Any]]) -> list[str]:
