@@ -10,6 +10,10 @@ processes hits both alike; the ratio of the medians is the figure of record.
 
     python bench/bench_demo_speed.py                 # writes bench/results/demo_speed.json
     python bench/bench_demo_speed.py --photos 3 --rounds 3 --threads 2
+    python bench/bench_demo_speed.py --batches 4 8 16 --busy 2 --out loaded.json
+
+``--batches`` adds fixed float32 batch sizes to the alternation; ``--busy N`` runs N
+busy-loop processes during the measurement (a loaded machine, reproducibly).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -42,6 +48,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n0", type=int, default=16)
     parser.add_argument("--n", type=int, default=300)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--batches",
+        type=int,
+        nargs="*",
+        default=[],
+        help="more fixed float32 batch sizes to compare",
+    )
+    parser.add_argument("--no-tune", action="store_true",
+                        help="compare fixed settings only (no tuning warm-up)")  # fmt: skip
+    parser.add_argument("--busy", type=int, default=0,
+                        help="busy-loop processes running during the measurement")  # fmt: skip
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "demo_speed.json"))
     return parser
 
@@ -54,32 +71,51 @@ def main(argv: list[str] | None = None) -> None:
     classes = class_embeddings(encoder, imagenet_classes())
     load = [os.getloadavg()[0]]
 
-    t0 = time.perf_counter()
-    choice = tune(encoder, photos, SIGMA, cache=False)
-    tune_seconds = time.perf_counter() - t0
-    fast_encoder = encoder if choice.dtype == "float32" else encoder.to(torch.bfloat16)
-    if choice.dtype != "float32":
-        encoder = load_encoder("default").eval()  # .to() above converted it in place
-    variants = {
-        "fixed (float32, batch 64)": (encoder, torch.float32, 64),
-        f"tuned ({choice.dtype}, batch {choice.batch_size})": (
-            fast_encoder,
-            getattr(torch, choice.dtype),
-            choice.batch_size,
-        ),
-    }
+    variants = {"fixed (float32, batch 64)": (encoder, torch.float32, 64)}
+    choice, tune_seconds = None, None
+    if not args.no_tune:
+        t0 = time.perf_counter()
+        choice = tune(encoder, photos, SIGMA, cache=False)
+        tune_seconds = time.perf_counter() - t0
+        tuned = encoder
+        if choice.dtype != "float32":  # .to() converts in place: keep a float32 copy
+            tuned = load_encoder("default").eval().to(getattr(torch, choice.dtype))
+        name = f"tuned ({choice.dtype}, batch {choice.batch_size})"
+        variants[name] = (tuned, getattr(torch, choice.dtype), choice.batch_size)
+    for batch in args.batches:
+        variants[f"fixed (float32, batch {batch})"] = (encoder, torch.float32, batch)
+    busy = [_busy_loop() for _ in range(args.busy)]
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for i in range(photos.shape[0]):
-            for name, (enc, dtype, batch) in variants.items():
-                sm = SmoothedEncoder(enc, SIGMA, input_dtype=dtype, batch_size=batch)
-                start = time.perf_counter()
-                sm.certify_prediction(photos[i : i + 1], classes, n0=args.n0,
-                                      n=args.n, alpha=0.001, seed=i)  # fmt: skip
-                seconds[name].append(time.perf_counter() - start)
-        load.append(os.getloadavg()[0])
+    try:
+        for _ in range(args.rounds):
+            for i in range(photos.shape[0]):
+                for name, (enc, dtype, batch) in variants.items():
+                    sm = SmoothedEncoder(enc, SIGMA, input_dtype=dtype, batch_size=batch)
+                    start = time.perf_counter()
+                    sm.certify_prediction(photos[i : i + 1], classes, n0=args.n0,
+                                          n=args.n, alpha=0.001, seed=i)  # fmt: skip
+                    seconds[name].append(time.perf_counter() - start)
+            load.append(os.getloadavg()[0])
+            _write(args, choice, tune_seconds, load, seconds)  # a killed run keeps its rounds
+    finally:
+        for proc in busy:
+            proc.kill()
+    result = _write(args, choice, tune_seconds, load, seconds)
+    print(json.dumps({k: result[k] for k in ("median_seconds_per_photo", "speed_up")}, indent=1))
+    if choice is not None:
+        print("tuning:", choice.describe(), f"(warm-up {tune_seconds:.1f} s)")
+
+
+def _write(
+    args: argparse.Namespace,
+    choice: object,
+    tune_seconds: float | None,
+    load: list[float],
+    seconds: dict[str, list[float]],
+) -> dict:
+    """Write the results measured so far to ``args.out`` (atomically) and return them."""
     median = {name: statistics.median(v) for name, v in seconds.items()}
-    base, tuned = list(median.values())
+    base = median["fixed (float32, batch 64)"]
     result = {
         "settings": {
             **{k: v for k, v in vars(args).items() if k != "out"},
@@ -88,16 +124,25 @@ def main(argv: list[str] | None = None) -> None:
             "work": "certify_prediction",
         },
         "environment": environment_info(),
-        "tuning": {**choice.__dict__, "warm_up_seconds": tune_seconds},
+        "tuning": None if choice is None else {**choice.__dict__, "warm_up_seconds": tune_seconds},
         "load_average_1min": load,
+        "rounds_done": len(load) - 1,
         "seconds_per_photo": seconds,
         "median_seconds_per_photo": median,
-        "speed_up": base / tuned,
+        "speed_up": base / list(median.values())[min(1, len(median) - 1)],
+        "speed_up_vs_batch_64": {name: base / m for name, m in median.items()},
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("median_seconds_per_photo", "speed_up")}, indent=1))
-    print("tuning:", choice.describe(), f"(warm-up {tune_seconds:.1f} s)")
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(out)
+    return result
+
+
+def _busy_loop() -> subprocess.Popen:
+    """A process that keeps one core busy until killed."""
+    return subprocess.Popen([sys.executable, "-c", "while True: pass"])
 
 
 if __name__ == "__main__":

@@ -211,13 +211,15 @@ class DemoConfig:
     alpha: float = ALPHA()
     method: str = METHOD()
     radii: list[float] = RADII()
-    batch_size: int = BATCH_SIZE(64)
+    # batch 4: on 2 CPU cores 3.5x as fast as batch 64 on a quiet machine (4.8 vs 16.9 s per
+    # photo) and 2.1x with two busy processes beside it (bench/results/demo_speed*.json)
+    batch_size: int = BATCH_SIZE(4)
     seed: int = SEED()
     device: str | None = DEVICE()
     run_dir: str | None = RUN_DIR(help="Run folder.", default_text="runs/demo")
     progress: bool = PROGRESS()
-    # off by default: on a loaded 2-core machine the measured choice lost to batch 64
-    # (bench/results/demo_speed.json); --tune measures and caches it for this machine
+    # off by default: its warm-up measurement is unreliable on a loaded machine (a measured
+    # batch 16 once lost to batch 64 there); --tune measures and caches it for this machine
     tune: bool = TUNE(help="Measure the fastest batch size and dtype first (a warm-up, cached).")
 
 
