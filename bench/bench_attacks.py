@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchutil import recorded_arguments
 
 from featsmooth.data import imagenet_classes
 from featsmooth.data.photos import load_photos
@@ -169,16 +170,6 @@ def main(argv: list[str] | None = None) -> None:
     for row in result.summary:
         print("\t".join(_fmt(row.get(c)) for c in cols))
     print(f"total {total:.0f}s; written to {args.out}")
-
-
-def recorded_arguments(args: argparse.Namespace) -> dict:
-    """The command-line arguments without any machine path: no ``out``; the folders
-    ``run_dir`` and ``plugin`` reduced to their last component."""
-    kept = {k: v for k, v in vars(args).items() if k not in ("out", "run_dir", "plugin")}
-    for key in ("run_dir", "plugin"):
-        value = getattr(args, key)
-        kept[key] = Path(value).name if value else None
-    return kept
 
 
 def _fmt(value: object) -> str:

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from benchutil import recorded_arguments
 
 from featsmooth.attacks.budget import parse_eps
 from featsmooth.data import imagenet_classes
@@ -150,16 +151,6 @@ def main(argv: list[str] | None = None) -> None:
     for row in summary:
         print("\t".join(_fmt(row.get(c)) for c in cols))
     print(f"total {total:.0f}s; written to {args.out}")
-
-
-def recorded_arguments(args: argparse.Namespace) -> dict:
-    """The command-line arguments without any machine path: no ``out``; the folders
-    ``run_dir`` and ``plugin`` reduced to their last component."""
-    kept = {k: v for k, v in vars(args).items() if k not in ("out", "run_dir", "plugin")}
-    for key in ("run_dir", "plugin"):
-        value = getattr(args, key)
-        kept[key] = Path(value).name if value else None
-    return kept
 
 
 def _run_settings(run_dir: str | None) -> dict | None:
