@@ -141,100 +141,45 @@ def main(argv: list[str] | None = None) -> None:
 
         return cb
 
-    init = None
-    if "pixel" in stages:
+    def stage(name: str, train, size: int, batch: int, seed_offset: int, **options):
+        """Run stage ``name`` of ``stages`` (or load the plug-in it saved before): the same
+        data stream, checkpointing, logging and saving for every stage."""
+        folder = work / f"{name}-plugin"
+        if name not in stages:
+            return load_plugin(folder) if folder.exists() else None
         t0 = time.perf_counter()
-        init = pretrain_purifier(
-            encoder,
-            CropStream(corpus, "train", args.pixel_size, args.pixel_batch, 500, args.seed),
-            sigmas=args.sigmas,
-            steps=args.pixel_steps,
-            batch_size=args.pixel_batch,
-            lr=args.pixel_lr,
-            seed=args.seed,
-            progress=False,
-            checkpoint_dir=work / "pixel",
-            callback=printer("pixel"),
-            checkpoint_every=50,
-            val_every=0,
-            purifier_config={"base_channels": args.purifier_channels},
-            data_description=describe.format(size=args.pixel_size),
-        )
-        save_plugin(init, work / "pixel-plugin")
-        record("pixel", init, time.perf_counter() - t0)
-    elif (work / "pixel-plugin").exists():
-        init = load_plugin(work / "pixel-plugin")
+        plugin = train(
+            encoder, CropStream(corpus, "train", size, batch, 500, args.seed + seed_offset),
+            sigmas=args.sigmas, batch_size=batch, seed=args.seed, progress=False,
+            checkpoint_dir=work / name, callback=printer(name),
+            data_description=describe.format(size=size), **options,
+        )  # fmt: skip
+        save_plugin(plugin, folder)
+        record(name, plugin, time.perf_counter() - t0)
+        return plugin
 
-    if "feature" in stages:
-        t0 = time.perf_counter()
-        init = train_plugin(
-            encoder,
-            CropStream(corpus, "train", args.size, args.feature_batch, 500, args.seed + 1),
-            sigmas=args.sigmas,
-            sigma_sampling="set",
-            parts=("purifier",),
-            init=init,
-            steps=args.feature_steps,
-            batch_size=args.feature_batch,
-            lr=args.feature_lr,
-            loss_weights=LossWeights(
-                clean_consistency=args.w_clean,
-                pairwise_consistency=0.0,
-                utility=0.0,
-                pixel_mse=args.w_mse,
-                stats=0.0,
-                identity=0.0,
-            ),
-            draws_per_image=1,
-            val_images=val,
-            val_every=args.val_every,
-            val_draws=args.val_draws,
-            checkpoint_dir=work / "feature",
-            callback=printer("feature"),
-            checkpoint_every=25,
-            seed=args.seed,
-            progress=False,
-            purifier_config={"base_channels": args.purifier_channels},
-            data_description=describe.format(size=args.size),
-        )
-        save_plugin(init, work / "feature-plugin")
-        record("feature", init, time.perf_counter() - t0)
-    elif (work / "feature-plugin").exists():
-        init = load_plugin(work / "feature-plugin")
-
-    if "mapper" in stages:
-        t0 = time.perf_counter()
-        plugin = train_plugin(
-            encoder,
-            CropStream(corpus, "train", args.size, args.mapper_batch, 500, args.seed + 2),
-            sigmas=args.sigmas,
-            sigma_sampling="set",
-            parts=("mapper",),
-            init=init,
-            steps=args.mapper_steps,
-            batch_size=args.mapper_batch,
-            lr=args.mapper_lr,
-            loss_weights=LossWeights(
-                clean_consistency=1.0,
-                pairwise_consistency=0.0,
-                utility=1.0,
-                pixel_mse=0.0,
-                stats=0.0,
-                identity=0.1,
-            ),
-            draws_per_image=1,
-            val_images=val,
-            val_every=args.val_every,
-            val_draws=args.val_draws,
-            checkpoint_dir=work / "mapper",
-            callback=printer("mapper"),
-            checkpoint_every=25,
-            seed=args.seed,
-            progress=False,
-            data_description=describe.format(size=args.size),
-        )
-        save_plugin(plugin, work / "mapper-plugin")
-        record("mapper", plugin, time.perf_counter() - t0)
+    purifier = {"base_channels": args.purifier_channels}
+    validation = {"val_images": val, "val_every": args.val_every, "val_draws": args.val_draws}
+    no_terms = {"pairwise_consistency": 0.0, "stats": 0.0}
+    init = stage(
+        "pixel", pretrain_purifier, args.pixel_size, args.pixel_batch, 0,
+        steps=args.pixel_steps, lr=args.pixel_lr, checkpoint_every=50, val_every=0,
+        purifier_config=purifier,
+    )  # fmt: skip
+    init = stage(
+        "feature", train_plugin, args.size, args.feature_batch, 1, sigma_sampling="set",
+        parts=("purifier",), init=init, steps=args.feature_steps, lr=args.feature_lr,
+        loss_weights=LossWeights(clean_consistency=args.w_clean, utility=0.0,
+                                 pixel_mse=args.w_mse, identity=0.0, **no_terms),
+        draws_per_image=1, checkpoint_every=25, purifier_config=purifier, **validation,
+    ) or init  # fmt: skip
+    stage(
+        "mapper", train_plugin, args.size, args.mapper_batch, 2, sigma_sampling="set",
+        parts=("mapper",), init=init, steps=args.mapper_steps, lr=args.mapper_lr,
+        loss_weights=LossWeights(clean_consistency=1.0, utility=1.0, pixel_mse=0.0,
+                                 identity=0.1, **no_terms),
+        draws_per_image=1, checkpoint_every=25, **validation,
+    )  # fmt: skip
 
     if args.summary_out:
         write_summary(args, work)
