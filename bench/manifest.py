@@ -82,6 +82,7 @@ _PLUGIN_NOTE = (
 MANIFEST: tuple[Entry, ...] = (
     # --- no plug-in needed -------------------------------------------------------------
     _entry("bounds.json", "bench_bounds.py", (), "minutes"),
+    _entry("betting_floor.json", "bench_betting_floor.py", (), "minutes"),
     _entry("families.json", "bench_families.py", (), "minutes"),
     _entry("mllm_forward.json", "bench_mllm_forward.py", (), "minutes"),
     _entry(
