@@ -189,8 +189,8 @@ class CertifyConfig(_ModelSettings):
     progress: bool = PROGRESS()
     ray: bool = setting(
         False,
-        "Spread the images over Ray workers (one encoder each; --task features only). Same "
-        "records as without it. Needs Ray: pip install 'ray>=2.9'",
+        "Spread the images over Ray workers (one encoder each). Same records as without "
+        "it. Needs Ray: pip install 'ray>=2.9'",
     )
     ray_address: str | None = setting(
         None, "Existing Ray cluster (auto, ray://host:10001).", default_text="local"

@@ -1,5 +1,6 @@
 """``featsmooth certify --ray``: same records as the single-process command, resumable,
-rendered by ``featsmooth report``; clear errors for zero-shot and a missing Ray."""
+zero-shot prediction certificates included, rendered by ``featsmooth report``; a clear error
+for a missing Ray."""
 
 from __future__ import annotations
 
@@ -61,12 +62,39 @@ def test_ray_matches_single_process_resumes_and_reports(pngs, tmp_path, capsys):
     assert "synthetic-trig" in summary
 
 
-def test_ray_refuses_zero_shot(pngs, capsys):
-    code, _, err = run_cli(
-        capsys, "certify", "synthetic-trig", "--images", "imgs", "--ray", "--task", "zero-shot"
-    )
-    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert code == 2 and len(lines) == 1 and "--task features only" in lines[0]
+def _tiny_clip(folder: Path) -> Path:
+    """A tiny random CLIP saved as a local model folder (a text-image model: zero-shot)."""
+    import mllm_checks as mc
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    layers = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+              "num_attention_heads": 2}  # fmt: skip
+    config = transformers.CLIPConfig(
+        text_config={**layers, "vocab_size": 40, "max_position_embeddings": 16,
+                     "eos_token_id": mc.EOS, "bos_token_id": mc.BOS, "pad_token_id": mc.PAD},
+        vision_config={**layers, "image_size": 32, "patch_size": 8},
+        projection_dim=24,
+    )  # fmt: skip
+    model = transformers.CLIPModel(config).eval()
+    return mc.save(model, folder, mc.tokenizer(append_eos=True), crop_size=[32, 32])
+
+
+def test_ray_certifies_zero_shot_predictions_as_one_process_does(pngs, tmp_path, capsys):
+    """Prediction certificates on Ray workers (each loads the model folder itself; the
+    class embeddings are shipped once) equal the single-process ones, field by field."""
+    pytest.importorskip("ray")
+    clip = _tiny_clip(tmp_path / "clip")
+    args = ["certify", str(clip), "--images", "imgs", "--classes", "cat,dog,car", *FAST]
+    code, _, err = run_cli(capsys, *args, "--run-dir", "runs/one")
+    assert code == 0, err
+    code, _, err = run_cli(capsys, *args, "--run-dir", "runs/ray", "--ray", "--workers", "2")
+    assert code == 0, err
+    single, distributed = read_records("runs/one"), read_records("runs/ray")
+    assert len(single) == 5 and all("margin_radius" in r for r in distributed)
+    assert {r["prediction_name"] for r in single} <= {"cat", "dog", "car", None}
+    assert _deterministic(distributed) == _deterministic(single)
 
 
 def test_workers_without_ray_is_an_input_error(pngs, capsys):

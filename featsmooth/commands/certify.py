@@ -29,10 +29,6 @@ from featsmooth.seeds import noise_seed
 #: settings that may change between a run and its resumption without changing any record
 #: (``ray``/``ray_address``/``workers`` only say where the work runs: same records)
 EXTRA_VOLATILE = frozenset({"keep_samples", "config_file", "ray", "ray_address", "workers"})
-RAY_FEATURES_ONLY = (
-    "--ray supports --task features only (zero-shot prediction certificates run in one "
-    "process); add --task features or drop --ray"
-)
 DEMO_FAST_PHOTOS = ("chelsea", "coffee")
 
 
@@ -145,8 +141,8 @@ def certify(
             ``seed``, ``device``, ``dtype``, ``center``, ``keep_samples``, ``task``,
             ``classes``, ``size``, ``plugin`` (folder), ``run_dir``, ``progress``;
             ``ray=True`` spreads the images over Ray workers (``workers``, default one per
-            CPU/GPU; ``ray_address`` an existing cluster, default a local one): feature
-            certificates only, the same records as without Ray (``seconds`` aside).
+            CPU/GPU; ``ray_address`` an existing cluster, default a local one): the same
+            records as without Ray (``seconds`` aside), prediction certificates included.
 
     Returns:
         :class:`RunResult`; records follow the schema of :mod:`featsmooth.records`.
@@ -164,8 +160,6 @@ def certify(
     if not cfg.ray and (cfg.ray_address is not None or cfg.workers is not None):
         raise InputError("--ray-address and --workers need --ray")
     if cfg.ray:
-        if cfg.task == "zero-shot" or cfg.classes:
-            raise InputError(RAY_FEATURES_ONLY)
         from featsmooth.runloop import import_ray
 
         import_ray()  # Ray missing: say so before loading anything
@@ -173,8 +167,6 @@ def certify(
     encoder = loading.load_model(cfg.model, cfg.device, cfg.dtype)
     plugin = loading.load_plugin(cfg.plugin, cfg.device) if cfg.plugin else None
     classes = loading.zero_shot_classes(encoder, cfg.classes, cfg.task)
-    if cfg.ray and classes is not None:
-        raise InputError(RAY_FEATURES_ONLY)
     size = loading.run_image_size(cfg, encoder)
     source = select_images(cfg.images, cfg.photos, size, classes[0] if classes else None)
     checks = sanity_checks(cfg, source.image(0).unsqueeze(0))
