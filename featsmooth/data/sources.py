@@ -49,12 +49,6 @@ class ImageSource:
         """Record fields identifying image ``index``'s content (``sha256`` of its file)."""
         return {} if self.digest is None else {"sha256": self.digest(index)}
 
-    def check_unchanged(self, writer: Any) -> None:
-        """Refuse a run folder whose records were made from other files of the same names."""
-        if self.digest is not None:
-            done = [i for i, key in enumerate(self.keys) if key in writer]
-            writer.check_content({self.keys[i]: self.content(i) for i in done})
-
     def image(self, index: int) -> torch.Tensor:
         """Image ``index`` as ``(C, H, W)`` float32 in [0, 1]."""
         return self.loader(index)
