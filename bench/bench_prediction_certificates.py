@@ -10,7 +10,12 @@ betting bound, seed 0 with the demo's per-photo seeds) on the offline zero-shot 
 * ``margin``: the same with every rival bound at ``alpha`` (docs/theory.md, Proposition 5);
 * ``cohen``: Cohen et al. (2019) hard vote, Clopper-Pearson on the top class of the ``n0``
   votes (a different smoothed classifier);
-* ``fcsb``: the cone certificate implied by the feature certificate (Proposition 6).
+* ``fcsb``: the cone certificate implied by the feature certificate (Proposition 6);
+* ``ball_mcdiarmid``, ``ball_bernstein``: one confidence ball for the whole mean feature
+  (:mod:`featsmooth.vector_bounds`, Proposition 7) from the same ``n`` fresh draws; every
+  margin, ``S_low`` and the clean-reference ``S_c`` lower bound follow from it at once.
+  Beside them the scalar bounds of the same quantities (``score_lower``, ``clean_lower``)
+  and the samples each bound needs to come within 0.01 of the mean at the photo's ``S``.
 
 A radius of ``null`` means abstain. The samples are drawn exactly as
 ``SmoothedEncoder.certify_prediction`` draws them; the script checks on the first photo that
@@ -32,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featsmooth import SmoothedEncoder, bounds
+from featsmooth import SmoothedEncoder, bounds, vector_bounds
 from featsmooth.config import DemoConfig
 from featsmooth.data.photos import load_photos
 from featsmooth.encoders import load_encoder
@@ -42,7 +47,7 @@ from featsmooth.seeds import noise_seed
 from featsmooth.smoothing import _cone_cosine
 from featsmooth.versions import environment_info
 
-CERTIFICATES = ("margin_old", "margin", "cohen", "fcsb")
+CERTIFICATES = ("margin_old", "margin", "cohen", "fcsb", "ball_mcdiarmid", "ball_bernstein")
 
 
 def _radius(value: float) -> float | None:
@@ -97,10 +102,31 @@ def certificates(first, second, clean, emb, sigma: float, alpha: float, method: 
         float(bounds.certified_radius(score_low, needed, sigma)) if needed is not None else math.nan
     )
     row.update(score_lower=score_low, cone_cosine=needed, fcsb_radius=_radius(fcsb))
+    clean_proj = (second @ clean).clamp(-1.0, 1.0).numpy()
+    row["clean_lower"] = float(bounds.mean_lower_bound(clean_proj, alpha, method, horizon=n))
+    mean_feature = second.mean(0)
+    norm = float(mean_feature.norm())
+    min_margin = float((w_vals[:, rivals].mean(0)).min())  # min_B <w_B, mean feature>
+    for kind in vector_bounds.KINDS:
+        eps = float(vector_bounds.ball_radius(norm, n, alpha, kind))
+        p_ball = (1.0 + min_margin - eps) / 2.0
+        row.update(
+            {
+                f"ball_{kind}_eps": eps,
+                f"ball_{kind}_score_lower": float(
+                    vector_bounds.norm_lower_bound(norm, n, alpha, kind)
+                ),
+                f"ball_{kind}_clean_lower": float(mean_feature @ clean) - eps,
+                f"ball_{kind}_p_lower": p_ball,
+                f"ball_{kind}_radius": _radius(float(bounds.probability_radius(p_ball, sigma))),
+                f"ball_{kind}_samples_for_0.01": vector_bounds.samples_for_width(
+                    0.01, alpha, min(norm, 1.0), kind
+                ),
+            }
+        )
     # context, not certified: the rival with the smallest sample mean of p_B
     means = (1.0 + margins.mean(0)) / 2.0
     j = int(np.argmin(means))
-    mean_feature = second.mean(0)
     row.update(
         closest_rival=int(torch.arange(num_classes)[rivals][j]),
         closest_rival_p_mean=float(means[j]),
@@ -202,6 +228,23 @@ def main(argv: list[str] | None = None) -> None:
             "max_radius": max(got) if got else None,
             "mean_radius_abstain_as_0": float(np.mean([r or 0.0 for r in radii])),
         }
+    summary["lower_bounds_mean_over_photos"] = {
+        name: float(np.mean([r[key] for r in rows]))
+        for name, key in (
+            ("S_low scalar (betting on <v, f>)", "score_lower"),
+            ("S_low ball_mcdiarmid", "ball_mcdiarmid_score_lower"),
+            ("S_low ball_bernstein", "ball_bernstein_score_lower"),
+            ("S_c_low scalar (betting on <f(x), f>)", "clean_lower"),
+            ("S_c_low ball_mcdiarmid", "ball_mcdiarmid_clean_lower"),
+            ("S_c_low ball_bernstein", "ball_bernstein_clean_lower"),
+            ("ball_mcdiarmid eps", "ball_mcdiarmid_eps"),
+            ("ball_bernstein eps", "ball_bernstein_eps"),
+        )
+    }
+    summary["ball_samples_for_0.01_median"] = {
+        kind: float(np.median([r[f"ball_{kind}_samples_for_0.01"] for r in rows]))
+        for kind in vector_bounds.KINDS
+    }
     report = {
         "settings": {
             "model": args.model,
@@ -228,6 +271,10 @@ def main(argv: list[str] | None = None) -> None:
                 "margin": "pairwise margin, each rival bound at alpha (theory.md Prop. 5)",
                 "cohen": "Cohen et al. 2019 hard vote, Clopper-Pearson at alpha",
                 "fcsb": "FCSB cone certificate from S_low at alpha (theory.md Prop. 6)",
+                "ball_mcdiarmid": "one confidence ball for the mean feature, bounded "
+                "differences (theory.md Prop. 7)",
+                "ball_bernstein": "one confidence ball, Pinelis/Smale-Zhou Bernstein "
+                "(theory.md Prop. 7)",
             },
         },
         "environment": environment_info(),
