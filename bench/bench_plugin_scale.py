@@ -17,6 +17,9 @@ by image index) and we record:
 * the l2 radius keeping cos >= 0.5 (clean reference), point estimate and certified;
 * the smoothed top-1 (argmax over the 1000 class-text embeddings of the mean feature) and
   whether it agrees with the clean top-1 of the plain encoder; accuracy on labelled photos;
+  agreement also on the images whose clean top-1 leads the runner-up by a cosine margin of
+  at least ``MARGIN`` (on near-ties the clean top-1 itself flips under the faintest
+  perturbation, so agreement there measures the tie, not the plug-in);
 * PSNR of the purified images against the clean image (purifier variants).
 
 Images: the 7 labelled demo photos (224 px centre crops) then ``crops`` random crops of the
@@ -81,7 +84,9 @@ def run_image(encoder, model, x, sigma, draws, seed, index, table, chunk, ref=No
     noisy = x[None] + noise
     if ref is None:
         ref = L.unit_flat(encoder(x[None]))[0]
-    clean_pred = int((ref @ table.T).argmax())
+    clean_cos = ref @ table.T
+    top2 = clean_cos.topk(2).values
+    clean_pred = int(clean_cos.argmax())
     purifier = model.purifier if model is not None else None
     key = (float(sigma), id(purifier) if purifier is not None else None)
     if cache is not None and key in cache:
@@ -110,11 +115,30 @@ def run_image(encoder, model, x, sigma, draws, seed, index, table, chunk, ref=No
         "pred": pred,
         "clean_pred": clean_pred,
         "agree": pred == clean_pred,
+        "clean_margin": float(top2[0] - top2[1]),
         "psnr": float(np.mean(psnr)) if psnr else None,
     }
 
 
 ALPHA = 0.001
+
+
+#: clean top-1 cosine lead over the runner-up that makes an image "decisive"
+MARGIN = 0.05
+
+
+def decisive_agreement(rows: list[dict]) -> dict:
+    """Agreement on the rows whose clean top-1 leads by at least :data:`MARGIN` (rows of
+    older files have no margin: nothing is reported for them)."""
+    if not rows or any("clean_margin" not in r for r in rows):
+        return {}
+    sure = [r for r in rows if r["clean_margin"] >= MARGIN]
+    return {
+        f"decisive_images_margin{MARGIN:g}": len(sure),
+        f"agreement_decisive_margin{MARGIN:g}": (
+            float(np.mean([r["agree"] for r in sure])) if sure else None
+        ),
+    }
 
 
 def summarise(rows: list[dict], sigma: float, radii, n_labelled: int, photos) -> dict:
@@ -138,6 +162,7 @@ def summarise(rows: list[dict], sigma: float, radii, n_labelled: int, photos) ->
             "S_c_low": float(np.mean([r["S_c_low"] for r in part])),
             "S": float(np.mean(s)),
             "agreement": float(np.mean([r["agree"] for r in part])),
+            **decisive_agreement(part),
             "fcsb_clean_ref_point": {f"{r:g}": mean_fcsb(sc, r) for r in radii},
             "fcsb_smoothed_ref_point": {f"{r:g}": mean_fcsb(s, r) for r in radii},
             "fcsb_clean_ref_certified": {f"{r:g}": mean_fcsb(sc_low, r) for r in radii},
@@ -294,6 +319,12 @@ def psnr_table(args) -> None:
     Path(args.out).write_text(json.dumps(result, indent=1) + "\n")
 
 
+def _decisive_text(summary: dict) -> str:
+    n = summary.get(f"decisive_images_margin{MARGIN:g}")
+    a = summary.get(f"agreement_decisive_margin{MARGIN:g}")
+    return "-" if n is None else f"{a if a is not None else math.nan:.3f} ({n})"
+
+
 def report(files: list[str], common: bool = False) -> dict:
     """Print (and return) the table of result files; later files win on equal keys.
 
@@ -315,6 +346,7 @@ def report(files: list[str], common: bool = False) -> dict:
     head = (
         f"{'variant':<18}{'sigma':>6}{'n_img':>6}{'S_c':>7}{'S':>7}"
         f"{'agree':>7}{'R@.5':>7}{'PSNR':>6}{'acc7':>6}{'lab S_c':>8}{'lab agr':>8}"
+        f"{'decisive agr (n)':>18}"
     )
     print(head)
     table = {}
@@ -330,6 +362,7 @@ def report(files: list[str], common: bool = False) -> dict:
             f"{h['radius_cos0.5_clean_ref_point_mean']:>7.3f}"
             f"{h.get('psnr', math.nan):>6.1f}{s.get('labelled_accuracy_smoothed', '-'):>6}"
             f"{lab.get('S_c', math.nan):>8.3f}{lab.get('agreement', math.nan):>8.3f}"
+            f"{_decisive_text(h):>18}"
         )
     return table
 

@@ -513,6 +513,13 @@ MANIFEST: tuple[Entry, ...] = (
         ),
         note="the table is now wrapped with its settings and environment ('table' key)",
     ),
+    # how stable the plain encoder's top-1 is under faint noise: the ceiling of agreement
+    _entry(
+        "plugin_scale_ceiling.json",
+        "bench_plugin_scale.py",
+        ("--variant", "fs=none", "--sigmas", "0.02", "0.05", "0.1", *_SCALE, "--save-every", "20"),
+        "hour",
+    ),
 )
 
 

@@ -74,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--feature-lr", type=float, default=2e-4)
     p.add_argument("--w-clean", type=float, default=1.0)
     p.add_argument("--w-mse", type=float, default=1.0)
+    p.add_argument(
+        "--w-agree",
+        type=float,
+        default=0.0,
+        help="weight of the zero-shot agreement (KL) term in the feature and mapper stages",
+    )
+    p.add_argument("--agree-scale", type=float, default=100.0, help="logit scale of that term")
+    p.add_argument(
+        "--feature-init",
+        type=Path,
+        default=None,
+        help="plug-in folder the feature stage starts from (default: the pixel stage's)",
+    )
     p.add_argument("--mapper-steps", type=int, default=300)
     p.add_argument("--mapper-batch", type=int, default=8)
     p.add_argument("--mapper-lr", type=float, default=2e-4)
@@ -160,22 +173,25 @@ def main(argv: list[str] | None = None) -> None:
 
     purifier = {"base_channels": args.purifier_channels}
     validation = {"val_images": val, "val_every": args.val_every, "val_draws": args.val_draws}
-    no_terms = {"pairwise_consistency": 0.0, "stats": 0.0}
+    no_terms = {"pairwise_consistency": 0.0, "stats": 0.0, "agreement": args.w_agree}
+    agreement = {"agreement_scale": args.agree_scale}
     init = stage(
         "pixel", pretrain_purifier, args.pixel_size, args.pixel_batch, 0,
         steps=args.pixel_steps, lr=args.pixel_lr, checkpoint_every=50, val_every=0,
         purifier_config=purifier,
     )  # fmt: skip
+    if args.feature_init is not None:
+        init = load_plugin(args.feature_init)
     init = stage(
         "feature", train_plugin, args.size, args.feature_batch, 1, sigma_sampling="set",
-        parts=("purifier",), init=init, steps=args.feature_steps, lr=args.feature_lr,
+        parts=("purifier",), init=init, **agreement, steps=args.feature_steps, lr=args.feature_lr,
         loss_weights=LossWeights(clean_consistency=args.w_clean, utility=0.0,
                                  pixel_mse=args.w_mse, identity=0.0, **no_terms),
         draws_per_image=1, checkpoint_every=25, purifier_config=purifier, **validation,
     ) or init  # fmt: skip
     stage(
         "mapper", train_plugin, args.size, args.mapper_batch, 2, sigma_sampling="set",
-        parts=("mapper",), init=init, steps=args.mapper_steps, lr=args.mapper_lr,
+        parts=("mapper",), init=init, steps=args.mapper_steps, **agreement, lr=args.mapper_lr,
         loss_weights=LossWeights(clean_consistency=1.0, utility=1.0, pixel_mse=0.0,
                                  identity=0.1, **no_terms),
         draws_per_image=1, checkpoint_every=25, **validation,
@@ -201,7 +217,9 @@ def write_summary(args: argparse.Namespace, work: Path) -> None:
                 }
             )
     settings = {
-        k: v for k, v in vars(args).items() if k not in ("workdir", "cache_dir", "summary_out")
+        k: (v.name if isinstance(v, Path) else v)
+        for k, v in vars(args).items()
+        if k not in ("workdir", "cache_dir", "summary_out")
     }
     summary = {"settings": settings, "environment": environment_info(), "stages": stages}
     args.summary_out.parent.mkdir(parents=True, exist_ok=True)

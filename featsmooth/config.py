@@ -334,7 +334,13 @@ class TrainPluginConfig:
     loss_weights: str | None = setting(
         None,
         "Loss weights as name=value,... (clean_consistency, pairwise_consistency, utility, "
-        "pixel_mse, stats, identity); unnamed ones keep their defaults.",
+        "pixel_mse, stats, identity, agreement); unnamed ones keep their defaults.",
+    )
+    agreement_scale: float = setting(
+        100.0,
+        "Logit scale of the agreement term: KL between the zero-shot class distributions "
+        "softmax(scale * cos) of the clean and the plugged noisy features (ImageNet classes).",
+        check=POSITIVE,
     )
     crops: int | None = setting(
         None,

@@ -144,6 +144,70 @@ def test_pairwise_loss_is_unbiased_s2_two_ways():
         L.pairwise_consistency_loss(feats[:, :1])
 
 
+def test_agreement_loss_is_the_kl_of_zero_shot_distributions_two_ways():
+    classes = nn.functional.normalize(
+        torch.randn(4, 6, generator=torch.Generator().manual_seed(0)), dim=-1
+    )
+    clean = nn.functional.normalize(torch.randn(3, 6), dim=-1)
+    noisy = nn.functional.normalize(torch.randn(3, 5, 6), dim=-1)
+    scale = 7.0
+    # closed form: sum_c p_c log(p_c / q_c), with torch.distributions as the second way
+    p = torch.distributions.Categorical(logits=scale * clean @ classes.T)
+    kls = [
+        torch.distributions.kl_divergence(
+            p, torch.distributions.Categorical(logits=scale * noisy[:, i] @ classes.T)
+        )
+        for i in range(5)
+    ]
+    expected = torch.stack(kls, 1).mean()
+    assert torch.allclose(L.agreement_loss(noisy, clean, classes, scale), expected, atol=1e-5)
+    # zero exactly when every draw gives the clean distribution, positive otherwise
+    same = clean[:, None, :].expand(3, 5, 6)
+    assert float(L.agreement_loss(same, clean, classes, scale)) == pytest.approx(0.0, abs=1e-6)
+    assert float(L.agreement_loss(noisy, clean, classes, scale)) > 0
+
+
+def test_agreement_training_lowers_the_kl_on_fixed_noise():
+    encoder, images = TinyEncoder(), make_images(8)
+    classes = nn.functional.normalize(
+        torch.randn(5, 128, generator=torch.Generator().manual_seed(3)), dim=-1
+    )
+    weights = {"clean_consistency": 0.0, "pairwise_consistency": 0.0, "utility": 0.0,
+               "pixel_mse": 0.0, "identity": 0.0, "agreement": 1.0}  # fmt: skip
+    noise = torch.randn(8, 3, 16, 16, generator=torch.Generator().manual_seed(4)) * 0.5
+
+    def kl(plugin):
+        model = plugin.wrap(encoder, 0.5) if plugin is not None else encoder
+        with torch.no_grad():
+            noisy = L.unit_flat(model(images + noise))[:, None, :]
+            return float(L.agreement_loss(noisy, L.unit_flat(encoder(images)), classes, 10.0))
+
+    plugin = train_small(
+        encoder, images, parts=("purifier",), steps=40, batch_size=8, sigmas=(0.5,),
+        loss_weights=weights, draws_per_image=1, class_embeddings=classes, agreement_scale=10.0,
+        val_images=images, val_every=40,
+    )  # fmt: skip
+    assert kl(plugin) < kl(None)
+    training = plugin.card["training"]
+    assert training["agreement"]["classes"] == 5 and training["agreement"]["scale"] == 10.0
+    # the validation reports the top-1 agreement with the clean prediction
+    assert 0.0 <= plugin.card["validations"][-1]["metrics"]["0.5"]["agreement"] <= 1.0
+
+
+def test_agreement_needs_matching_class_rows():
+    encoder, images = TinyEncoder(), make_images(8)
+    weights = {"agreement": 1.0}
+    with pytest.raises(InputError, match="dims"):
+        train_small(encoder, images, steps=1, loss_weights=weights,
+                    class_embeddings=torch.randn(5, 7))  # fmt: skip
+    with pytest.raises(InputError, match="agreement_scale"):
+        train_small(encoder, images, steps=1, loss_weights=weights,
+                    class_embeddings=torch.randn(5, 128), agreement_scale=0.0)  # fmt: skip
+    plain = as_encoder(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten()))
+    with pytest.raises(InputError, match="class_embeddings"):
+        train_small(plain, images, steps=1, loss_weights=weights)
+
+
 def test_loss_weights_validation():
     assert LossWeights.from_dict({"stats": 0.5}).stats == 0.5
     with pytest.raises(InputError):

@@ -67,7 +67,8 @@ def train_plugin(
         encoder, images, sigma_sampling=cfg.sigma_sampling, parts=cfg.parts, steps=cfg.steps,
         batch_size=cfg.batch_size, lr=cfg.lr, loss_weights=weights,
         draws_per_image=cfg.draws_per_image, val_images=val, val_every=cfg.val_every,
-        checkpoint_dir=out / "checkpoint", init=init, data_description=description, **shared,
+        checkpoint_dir=out / "checkpoint", init=init, data_description=description,
+        agreement_scale=cfg.agreement_scale, **shared,
     )  # fmt: skip
     if init is not None:
         plugin.card["pretraining"] = init.card["training"]

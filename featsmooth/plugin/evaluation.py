@@ -38,13 +38,17 @@ def evaluate_plugin(
     batch_size: int = 32,
     device: torch.device | str | None = None,
     allow_untrained_sigma: bool = False,
+    classes: torch.Tensor | None = None,
 ) -> dict[str, dict[str, float]]:
     """Mean score ``S`` and clean agreement of ``f'`` (or of ``f`` when ``plugin`` is None).
 
     For each sigma returns ``{"score": mean_x ||mean_i f'(x+eps_i)||, "clean_score": mean
     cos(f'(x+eps), f(x)), "clean_cos": mean cos(f'(x), f(x)), "draws", "images"}`` with unit
     flattened features. The noise draws depend only on ``seed`` (common random numbers), so
-    two calls with the same seed compare encoders on the same perturbations. ``score`` is
+    two calls with the same seed compare encoders on the same perturbations. With unit class
+    rows ``classes (C, D)`` it also reports ``"agreement"``: the fraction of images whose
+    smoothed top-1 class (of the mean plugged feature) is the plain encoder's clean top-1
+    class. ``score`` is
     the Monte-Carlo point estimate (biased up by about (1-S^2)/(2 S draws)); it is not a
     certificate.
     """
@@ -60,7 +64,7 @@ def evaluate_plugin(
             else encoder
         )
         gen = seeds.generator(seed, ("score",), "train")
-        scores, clean_scores, clean_cos = [], [], []
+        scores, clean_scores, clean_cos, agree = [], [], [], []
         for start in range(0, images.shape[0], batch_size):
             x = images[start : start + batch_size]
             b = x.shape[0]
@@ -75,6 +79,9 @@ def evaluate_plugin(
             scores.append(L.score_estimate(feats))
             clean_scores.append((feats * ref[:, None, :]).sum(-1).mean(1))
             clean_cos.append((clean * ref).sum(-1))
+            if classes is not None:
+                rows = classes.to(device=feats.device, dtype=feats.dtype)
+                agree.append((feats.mean(1) @ rows.T).argmax(-1) == (ref @ rows.T).argmax(-1))
         out[f"{sigma:g}"] = {
             "score": float(torch.cat(scores).mean()),
             "clean_score": float(torch.cat(clean_scores).mean()),
@@ -82,6 +89,8 @@ def evaluate_plugin(
             "draws": draws,
             "images": int(images.shape[0]),
         }
+        if agree:
+            out[f"{sigma:g}"]["agreement"] = float(torch.cat(agree).float().mean())
     return out
 
 

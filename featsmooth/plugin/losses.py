@@ -15,6 +15,11 @@ encoder on the clean images. Each loss is a scalar to minimise, 0 at its optimum
 - :func:`stats_loss`: per-dimension mean/std of mapped noisy features match those of the
   clean features (the paper's l_stats: downstream models see familiar statistics).
 - :func:`identity_loss`: ``||M(z, 0) - z||^2 / ||z||^2`` (the paper's l_id).
+- :func:`agreement_loss`: ``KL(q(f(x)) || q(f'(x+eps)))`` for the zero-shot class
+  distribution ``q(z) = softmax(scale * <z, t_c>)`` over class embeddings ``t_c``: the
+  stability objective of denoised smoothing (Salman et al., 2020) with the clean encoder's
+  soft prediction as the target. Cosine terms reward being near the right class embedding;
+  this one rewards ranking it first, which is what top-1 agreement measures.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ class LossWeights:
     pixel_mse: float = 1.0
     stats: float = 0.0
     identity: float = 0.1
+    agreement: float = 0.0
 
     @property
     def needs_features(self) -> bool:
@@ -115,3 +121,23 @@ def identity_loss(mapper: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     out = mapper(z, 0.0)
     diff = (out - z).flatten(1).to(torch.float32).pow(2).sum(-1)
     return (diff / z.flatten(1).to(torch.float32).pow(2).sum(-1).clamp_min(1e-12)).mean()
+
+
+def zero_shot_log_probs(
+    features: torch.Tensor, classes: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """``log softmax(scale * <features, t_c>)`` over the unit class rows ``classes (C, D)``."""
+    return torch.log_softmax(scale * features @ classes.T, dim=-1)
+
+
+def agreement_loss(
+    noisy: torch.Tensor, clean: torch.Tensor, classes: torch.Tensor, scale: float
+) -> torch.Tensor:
+    """Mean ``KL(q(clean[b]) || q(noisy[b, k]))``; ``(B,K,D), (B,D), (C,D) -> ()``.
+
+    ``q(z) = softmax(scale * z @ classes.T)``; 0 exactly when every draw yields the clean
+    class distribution, so minimising it pushes each noisy draw to the clean top-1 class.
+    """
+    target = zero_shot_log_probs(clean, classes, scale)[:, None, :]
+    pred = zero_shot_log_probs(noisy, classes, scale)
+    return (target.exp() * (target - pred)).sum(-1).mean()

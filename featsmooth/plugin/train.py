@@ -119,6 +119,8 @@ def train_plugin(
     init: Plugin | None = None,
     data_description: str | None = None,
     callback: Callable[[int, dict[str, float]], None] | None = None,
+    class_embeddings: torch.Tensor | None = None,
+    agreement_scale: float = 100.0,
 ) -> Plugin:
     """Train a purifier and/or a smoothness mapper for the frozen ``encoder``.
 
@@ -148,6 +150,9 @@ def train_plugin(
         purifier_config, mapper_config: architecture overrides.
         data_description: free text recorded in the card.
         callback: called as ``callback(step, metrics)`` after every step (may raise to stop).
+        class_embeddings, agreement_scale: unit class rows ``(C, D)`` and the logit scale of
+            the ``agreement`` loss term (default rows: the encoder's zero-shot ImageNet
+            classes, :func:`featsmooth.loading.zero_shot_classes`).
 
     Returns:
         the trained :class:`Plugin`, its card holding every setting, the loss history and
@@ -169,6 +174,7 @@ def train_plugin(
     )
     if draws_per_image < 2 and weights.pairwise_consistency > 0:
         raise InputError("the pairwise consistency loss needs draws_per_image >= 2")
+    classes = _agreement_classes(encoder, weights, class_embeddings, agreement_scale)
     data = _resolve_data(images_or_loader, batch_size)
     batches = _Batches(data, batch_size, seed)
     if steps is None:
@@ -213,6 +219,12 @@ def train_plugin(
                 f"the encoder fails on training images of shape {tuple(sample.shape[1:])}: {err}"
             ) from err
 
+        if classes is not None and classes.shape[1] != math.prod(feat_shape):
+            raise InputError(
+                f"class_embeddings have {classes.shape[1]} dims but the encoder's features "
+                f"have {math.prod(feat_shape)}"
+            )
+
         # ---- modules
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seeds.noise_seed(seed, ("init",), "train"))
@@ -255,6 +267,12 @@ def train_plugin(
             "seed": seed,
             "optimizer": "AdamW",
         }
+        if classes is not None:
+            config["agreement"] = {
+                "classes": int(classes.shape[0]),
+                "scale": float(agreement_scale),
+                "classes_digest": _tensor_digest(classes),
+            }
         history: list[dict[str, Any]] = []
         validations: list[dict[str, Any]] = []
         start_step = 0
@@ -294,6 +312,7 @@ def train_plugin(
                 draws=val_draws,
                 seed=seed + 1,
                 device=device,
+                classes=classes,
             )
 
         def current_plugin() -> Plugin:
@@ -316,6 +335,7 @@ def train_plugin(
                 draws=val_draws,
                 seed=seed + 1,
                 device=device,
+                classes=classes,
             )
             for n, m in modules.items():
                 m.to(dtype=torch.float32).train(n in parts)
@@ -352,6 +372,8 @@ def train_plugin(
                     _step_generator(seed, step),
                     device,
                     enc_dtype,
+                    classes,
+                    agreement_scale,
                 )
                 step_times.append(time.perf_counter() - t0)
                 history.append({"step": step + 1, **metrics})
@@ -391,6 +413,7 @@ def train_plugin(
             draws=val_draws,
             seed=seed + 1,
             device=device,
+            classes=classes,
         )
     plugin.card = {
         "training": {
@@ -464,6 +487,41 @@ def pretrain_purifier(
     )
 
 
+def _agreement_classes(
+    encoder: nn.Module,
+    weights: L.LossWeights,
+    class_embeddings: torch.Tensor | None,
+    scale: float,
+) -> torch.Tensor | None:
+    """The unit class rows of the agreement term (None when its weight is 0)."""
+    if weights.agreement <= 0:
+        return None
+    if not (scale > 0 and math.isfinite(scale)):
+        raise InputError(f"agreement_scale must be a positive number, got {scale}")
+    if class_embeddings is None:
+        from featsmooth.loading import zero_shot_classes
+
+        if not getattr(encoder, "supports_text", False):
+            raise InputError(
+                "the agreement loss needs class_embeddings for an encoder without text "
+                "(unit rows (C, D) in the encoder's feature space)"
+            )
+        found = zero_shot_classes(encoder)
+        assert found is not None  # the encoder has text
+        class_embeddings = found[1]
+    rows = torch.as_tensor(class_embeddings).detach().to(torch.float32)
+    if rows.ndim != 2 or rows.shape[0] < 2 or not torch.isfinite(rows).all():
+        raise InputError("class_embeddings must be a finite (C, D) tensor with C >= 2 rows")
+    return torch.nn.functional.normalize(rows, dim=-1)
+
+
+def _tensor_digest(t: torch.Tensor) -> str:
+    """Short content hash of a tensor (records which class rows a plug-in was trained on)."""
+    import hashlib
+
+    return hashlib.sha256(t.contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
 def _train_step(
     encoder: nn.Module,
     modules: dict[str, nn.Module],
@@ -477,6 +535,8 @@ def _train_step(
     gen: torch.Generator,
     device: torch.device,
     enc_dtype: torch.dtype,
+    classes: torch.Tensor | None = None,
+    agreement_scale: float = 100.0,
 ) -> dict[str, float]:
     purifier, mapper = modules.get("purifier"), modules.get("mapper")
     grad_through_encoder = "purifier" in parts
@@ -509,6 +569,10 @@ def _train_step(
         feats = L.unit_flat(mapped).view(b, k, -1)
         if w.clean_consistency > 0:
             terms["clean_consistency"] = L.clean_consistency_loss(feats, clean)
+        if w.agreement > 0 and classes is not None:
+            terms["agreement"] = L.agreement_loss(
+                feats, clean, classes.to(feats.device), agreement_scale
+            )
         if w.pairwise_consistency > 0 and k >= 2:
             terms["pairwise_consistency"] = L.pairwise_consistency_loss(feats)
         if w.utility > 0:
