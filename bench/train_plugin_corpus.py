@@ -203,7 +203,8 @@ def main(argv: list[str] | None = None) -> None:
 
 def write_summary(args: argparse.Namespace, work: Path) -> None:
     """Write ``args.summary_out``: the settings (no machine path), the environment and,
-    per finished stage in ``work``, its plug-in card's training block and last validation."""
+    per finished stage in ``work``, its plug-in card's training block, validations and
+    scores before (plain FS) and after."""
     stages = []
     for stage in ("pixel", "feature", "mapper"):
         folder = work / f"{stage}-plugin"
@@ -213,7 +214,9 @@ def write_summary(args: argparse.Namespace, work: Path) -> None:
                 {
                     "stage": stage,
                     **card.get("training", {}),
-                    "validations": card.get("validations", [])[-1:],
+                    "validations": card.get("validations", []),
+                    # plain FS ("before") and the stage's plug-in ("after") on the same crops
+                    "scores": card.get("scores", {}),
                 }
             )
     settings = {
