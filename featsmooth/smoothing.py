@@ -22,6 +22,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,7 +75,8 @@ class SmoothedEncoder(nn.Module):
             normalisation; certificates are then about the centred features.
         batch_size: noisy images per forward pass (images and draws are packed together).
         plugin: optional plug-in with ``.wrap(encoder, sigma)`` (purifier -> encoder ->
-            mapper); the wrapped module becomes the base encoder ``f``.
+            mapper), or the folder of a saved plug-in; the wrapped module becomes the base
+            encoder ``f``.
         compile: run the encoder through ``torch.compile`` (dynamic shapes). The first
             passes pay the compilation; worth it for long certification runs on GPU.
         forward_draws: noise draws averaged by :meth:`forward` (per call, fresh noise).
@@ -98,6 +100,10 @@ class SmoothedEncoder(nn.Module):
             raise InputError(f"sigma must be a positive number (pixel units), got {sigma!r}")
         self.sigma = float(sigma)
         base = as_encoder(encoder)
+        if isinstance(plugin, (str, Path)):
+            from featsmooth.loading import load_plugin
+
+            plugin = load_plugin(plugin)
         if plugin is not None:
             base = plugin.wrap(base, self.sigma)
         self.encoder = base

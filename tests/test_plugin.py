@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from featsmooth import smoothing
 from featsmooth.encoders.base import ImageEncoder, as_encoder
 from featsmooth.errors import InputError
 from featsmooth.plugin import (
@@ -327,6 +328,16 @@ def test_smoothed_encoder_uses_the_plugin(trained):
     s_plug = sm.predict_feature(images[:8], n=32, seed=0).norm(dim=-1).mean()
     s_plain = plain.predict_feature(images[:8], n=32, seed=0).norm(dim=-1).mean()
     assert s_plug > s_plain
+
+
+def test_smoothed_encoder_takes_a_plugin_folder(trained, tmp_path):
+    encoder, images, plugin, _ = trained
+    save_plugin(plugin, tmp_path / "p")
+    by_folder = smoothing.SmoothedEncoder(encoder, 0.25, plugin=str(tmp_path / "p"))
+    by_object = smoothing.SmoothedEncoder(encoder, 0.25, plugin=plugin)
+    a = by_folder.predict_feature(images[:2], n=8, seed=0)
+    b = by_object.predict_feature(images[:2], n=8, seed=0)
+    assert torch.equal(a, b)
 
 
 def test_wrong_channels_in_training_is_clear_error():
