@@ -17,6 +17,7 @@ from typing import Any
 RESULTS = "bench/results"
 PLUGIN = "runs/plugin-default"  # bench_plugin.py --save-plugin; the attacks' plug-in
 TRAIN = "runs/train-default"  # train_plugin_corpus.py --workdir
+TRAIN_LONG = "runs/train-default-long"  # its feature stage continued, then a new mapper
 DURATIONS = ("minutes", "hour", "hours")
 
 
@@ -495,23 +496,55 @@ MANIFEST: tuple[Entry, ...] = (
         needs=(f"{TRAIN}/feature-plugin", f"{TRAIN}/pixel-plugin"),
     ),
     _entry(
-        "plugin_scale_table.json",
+        "plugin_scale_training_long.json",
+        "train_plugin_corpus.py",
+        (
+            "--workdir",
+            TRAIN_LONG,
+            "--stages",
+            "feature,mapper",
+            "--feature-init",
+            f"{TRAIN}/feature-plugin",
+            "--feature-steps",
+            "1500",
+            "--feature-batch",
+            "8",
+            "--mapper-steps",
+            "300",
+            "--mapper-batch",
+            "16",
+            "--mapper-lr",
+            "1e-3",
+            "--val-crops",
+            "32",
+            "--val-every",
+            "250",
+            "--threads",
+            "2",
+        ),
+        "hours",
+        option="--summary-out",
+        needs=(f"{TRAIN}/feature-plugin",),
+        resumes_from=(TRAIN_LONG,),
+    ),
+    _entry(
+        "plugin_scale_long.json",
         "bench_plugin_scale.py",
         (
-            "--report",
-            f"{RESULTS}/plugin_scale_baselines.json",
-            f"{RESULTS}/plugin_scale_learned.json",
-            f"{RESULTS}/plugin_scale_plugin.json",
-            "--common",
+            "--variant",
+            "fs=none",
+            "--variant",
+            f"fs+plugin-long={TRAIN_LONG}/mapper-plugin",
+            "--variant",
+            f"fs+purifier-long={TRAIN_LONG}/mapper-plugin:purifier",
+            "--draws",
+            "8",
+            "--threads",
+            "2",
         ),
-        "minutes",
-        option="--table-out",
-        needs=(
-            f"{RESULTS}/plugin_scale_baselines.json",
-            f"{RESULTS}/plugin_scale_learned.json",
-            f"{RESULTS}/plugin_scale_plugin.json",
-        ),
-        note="the table is now wrapped with its settings and environment ('table' key)",
+        "hour",
+        needs=(f"{TRAIN_LONG}/mapper-plugin",),
+        resumes_from=(f"{RESULTS}/plugin_scale_long.json",),
     ),
     # the agreement (KL) objective: two short CPU runs, stopped early (see their validations)
     _entry(
@@ -578,6 +611,27 @@ MANIFEST: tuple[Entry, ...] = (
         "bench_plugin_scale.py",
         ("--variant", "fs=none", "--sigmas", "0.02", "0.05", "0.1", *_SCALE, "--save-every", "20"),
         "hour",
+    ),
+    _entry(
+        "plugin_scale_table.json",
+        "bench_plugin_scale.py",
+        (
+            "--report",
+            f"{RESULTS}/plugin_scale_baselines.json",
+            f"{RESULTS}/plugin_scale_learned.json",
+            f"{RESULTS}/plugin_scale_plugin.json",
+            f"{RESULTS}/plugin_scale_long.json",
+            "--common",
+        ),
+        "minutes",
+        option="--table-out",
+        needs=(
+            f"{RESULTS}/plugin_scale_baselines.json",
+            f"{RESULTS}/plugin_scale_learned.json",
+            f"{RESULTS}/plugin_scale_plugin.json",
+            f"{RESULTS}/plugin_scale_long.json",
+        ),
+        note="the table is now wrapped with its settings and environment ('table' key)",
     ),
 )
 
