@@ -13,6 +13,11 @@ noisy 224-px photos (images/s, and user/system CPU seconds per image), and one
 
     python bench/bench_allocator.py                  # writes bench/results/allocator.json
     python bench/bench_allocator.py --rounds 5 --batch-sizes 8,64 --threads 2
+    python bench/bench_allocator.py --demo-rounds 2 --out bench/results/allocator_demo.json
+
+``--demo-rounds N`` instead times the real ``featsmooth demo`` (which tunes the allocator at
+start-up, featsmooth/allocator.py) against the same command with ``FEATSMOOTH_MALLOC_TUNING=0``,
+alternating, and checks that both write the same records.
 """
 
 from __future__ import annotations
@@ -74,6 +79,49 @@ def child(batch_sizes: list[int], threads: int, passes: int, n: int) -> dict:
     return out
 
 
+def _records(folder: Path) -> list[dict]:
+    """The demo's records without their timing fields."""
+    rows = [json.loads(line) for line in (folder / "records.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if "second" not in k} for r in rows]
+
+
+def demo(rounds: int, out: Path, environment: dict) -> None:
+    """Wall time of ``featsmooth demo`` with and without the start-up tuning, alternating."""
+    import tempfile
+
+    switches = {"tuned": "1", "default": "0"}
+    times: dict[str, list[float]] = {name: [] for name in switches}
+    same = True
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            records = {}
+            for name, value in switches.items():
+                run_dir = Path(tmp) / f"{name}-{r}"
+                cmd = ["featsmooth", "demo", "--no-progress", "--run-dir", str(run_dir)]
+                env = {**os.environ, "FEATSMOOTH_MALLOC_TUNING": value}
+                t0 = time.perf_counter()
+                subprocess.run(cmd, env=env, capture_output=True, check=True)
+                times[name].append(time.perf_counter() - t0)
+                records[name] = _records(run_dir)
+                print(f"round {r + 1}/{rounds} {name}: {times[name][-1]:.1f} s", flush=True)
+            same = same and records["tuned"] == records["default"]
+    photos = len(records["tuned"])
+    result = {
+        "settings": {"command": "featsmooth demo --no-progress", "rounds": rounds,
+                     "switch": "FEATSMOOTH_MALLOC_TUNING (1: tuned at start-up, 0: glibc default)"},
+        "environment": environment,
+        "photos": photos,
+        "seconds": times,
+        "median_seconds_per_photo": {k: statistics.median(v) / photos for k, v in times.items()},
+        "speedup_median": statistics.median(times["default"]) / statistics.median(times["tuned"]),
+        "records_identical": same,
+        "load_average_1_5_15_min": os.getloadavg(),
+    }  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    print(json.dumps(result, indent=1))
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line of this script; parsing it runs nothing."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -83,6 +131,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--passes", type=int, default=6)
     parser.add_argument("--n", type=int, default=128)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "allocator.json"))
+    parser.add_argument("--demo-rounds", type=int, default=0, help="time featsmooth demo instead")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     return parser
 
@@ -96,6 +145,9 @@ def main(argv: list[str] | None = None) -> None:
 
     from featsmooth.versions import environment_info
 
+    if args.demo_rounds:
+        demo(args.demo_rounds, Path(args.out), environment_info())
+        return
     runs: dict[str, list[dict]] = {name: [] for name in VARIANTS}
     load = [os.getloadavg()[0]]
     for r in range(args.rounds):

@@ -83,6 +83,8 @@ _PLUGIN_NOTE = (
 MANIFEST: tuple[Entry, ...] = (
     # --- no plug-in needed -------------------------------------------------------------
     _entry("bounds.json", "bench_bounds.py", (), "minutes"),
+    _entry("allocator.json", "bench_allocator.py", ("--rounds", "3"), "minutes"),
+    _entry("allocator_demo.json", "bench_allocator.py", ("--demo-rounds", "2"), "minutes"),
     _entry("betting_floor.json", "bench_betting_floor.py", (), "minutes"),
     _entry("families.json", "bench_families.py", (), "minutes"),
     _entry("mllm_forward.json", "bench_mllm_forward.py", (), "minutes"),

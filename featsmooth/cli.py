@@ -705,6 +705,9 @@ def run(argv: list[str] | None = None) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     """Console entry point ``featsmooth``."""
+    from featsmooth.allocator import tune_at_startup
+
+    tune_at_startup()  # CPU inference 2-3x faster (featsmooth/allocator.py); never raises
     try:
         code = run(argv)
     except KeyboardInterrupt:  # a Ctrl-C after the command's own handling

@@ -92,7 +92,7 @@ def environment_info(device: Any = None) -> dict[str, Any]:
     Returns:
         ``{"featsmooth", "python", "torch", "transformers", "numpy", "scipy", "safetensors",
         "matplotlib", "platform", "machine", "cpu_count", "cpu_usable", "device", "cuda",
-        "cudnn", "cuda_devices", "mps", "torch_threads"}``; a package that is not
+        "cudnn", "cuda_devices", "mps", "torch_threads", "malloc_tuned"}``; a package that is not
         installed is ``None``. No host name, user name or path is recorded.
     """
     info: dict[str, Any] = {
@@ -105,4 +105,7 @@ def environment_info(device: Any = None) -> dict[str, Any]:
     info["machine"] = platform.machine()
     info.update(_cpu_count())
     info.update(_accelerator(device))
+    from featsmooth.allocator import allocator_tuned
+
+    info["malloc_tuned"] = allocator_tuned()
     return info
