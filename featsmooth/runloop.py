@@ -109,7 +109,8 @@ class ChunkCertifier:
 
     The unit of work of both back ends (in-process, or as a Ray actor), so every path runs
     exactly the same code on each chunk. ``threads`` sets torch's thread count (a Ray
-    actor's share of the CPUs).
+    actor's share of the CPUs); ``tune_allocator`` applies :mod:`featsmooth.allocator`'s
+    start-up tuning in this process (Ray actors are processes of their own).
     """
 
     def __init__(
@@ -123,7 +124,12 @@ class ChunkCertifier:
         center: Any = None,
         plugin: Any = None,
         threads: int | None = None,
+        tune_allocator: bool = False,
     ) -> None:
+        if tune_allocator:
+            from featsmooth.allocator import tune_at_startup
+
+            tune_at_startup()
         if threads is not None:
             torch.set_num_threads(int(threads))
         dev = torch.device(device) if device is not None else None  # None: the model's
@@ -485,6 +491,7 @@ class RayBackend:
         options = {
             "device": device, "dtype": spec.dtype, "batch_size": spec.batch_size,
             "center": spec.center, "plugin": spec.plugin, "threads": None if gpu else threads,
+            "tune_allocator": True,
         }  # fmt: skip
         return [actor_cls.remote(model, spec.sigma, **options) for _ in range(min(workers, chunks))]
 

@@ -19,6 +19,8 @@ import platform
 import sys
 from typing import Any
 
+from featsmooth.allocator import allocator_tuned
+
 _PACKAGES = ("torch", "transformers", "numpy", "scipy", "safetensors", "matplotlib")
 
 
@@ -105,7 +107,5 @@ def environment_info(device: Any = None) -> dict[str, Any]:
     info["machine"] = platform.machine()
     info.update(_cpu_count())
     info.update(_accelerator(device))
-    from featsmooth.allocator import allocator_tuned
-
     info["malloc_tuned"] = allocator_tuned()
     return info
