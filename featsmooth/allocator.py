@@ -7,7 +7,7 @@ its time in the kernel (page faults, zeroing). Raising the mmap and trim thresho
 top pad keeps those blocks in the heap and reuses them. Measured with
 ``bench/bench_allocator.py`` (fresh processes, variants alternating, offline default
 encoder, 2 threads, 2-core machine): forward passes 2.3x as fast at batch 8 and 3.0x at batch
-64, certification 2.3x / 2.9x, system CPU per image from 22-70 ms to under 5 ms
+64, certification 2.3x / 2.9x, system CPU per image from 22-70 ms to under 6 ms
 (``bench/results/allocator.json``).
 
 The cost is memory: freed blocks stay with the process (its resident size stays near its
