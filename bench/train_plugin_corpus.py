@@ -173,7 +173,8 @@ def main(argv: list[str] | None = None) -> None:
 
     purifier = {"base_channels": args.purifier_channels}
     validation = {"val_images": val, "val_every": args.val_every, "val_draws": args.val_draws}
-    no_terms = {"pairwise_consistency": 0.0, "stats": 0.0, "agreement": args.w_agree}
+    # terms every feature-space stage shares: no pairwise or stats term, --w-agree for all
+    shared_terms = {"pairwise_consistency": 0.0, "stats": 0.0, "agreement": args.w_agree}
     agreement = {"agreement_scale": args.agree_scale}
     init = stage(
         "pixel", pretrain_purifier, args.pixel_size, args.pixel_batch, 0,
@@ -186,14 +187,14 @@ def main(argv: list[str] | None = None) -> None:
         "feature", train_plugin, args.size, args.feature_batch, 1, sigma_sampling="set",
         parts=("purifier",), init=init, **agreement, steps=args.feature_steps, lr=args.feature_lr,
         loss_weights=LossWeights(clean_consistency=args.w_clean, utility=0.0,
-                                 pixel_mse=args.w_mse, identity=0.0, **no_terms),
+                                 pixel_mse=args.w_mse, identity=0.0, **shared_terms),
         draws_per_image=1, checkpoint_every=25, purifier_config=purifier, **validation,
     ) or init  # fmt: skip
     stage(
         "mapper", train_plugin, args.size, args.mapper_batch, 2, sigma_sampling="set",
         parts=("mapper",), init=init, steps=args.mapper_steps, **agreement, lr=args.mapper_lr,
         loss_weights=LossWeights(clean_consistency=1.0, utility=1.0, pixel_mse=0.0,
-                                 identity=0.1, **no_terms),
+                                 identity=0.1, **shared_terms),
         draws_per_image=1, checkpoint_every=25, **validation,
     )  # fmt: skip
 
